@@ -1,0 +1,201 @@
+"""questions -> contexts -> option scores -> ranking -> submission (+ report).
+
+The library behind ``python -m pipeline.predict``. The scorer is one or more
+multiple-choice readers (probabilities averaged), or, with none given, the
+zero-shot baseline of :mod:`pipeline.zeroshot`.
+
+Example::
+
+    >>> result = predict(PredictConfig(questions="data/sample_questions.csv",
+    ...                                index="index/demo", out="submissions/s.csv"))  # doctest: +SKIP
+    >>> result.map3                                                                    # doctest: +SKIP
+    0.87
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .embedding import Embedder, resolve_model
+from .errors import IndexMismatchError, OpenbookError
+from .metrics import accuracy_at_1, map_at_3, rank_letters
+from .questions import LETTERS, Question, has_answers, load_questions
+from .retrieval import Contexts, RetrievalConfig, retrieve
+from .store import IndexStore, load_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    """Everything ``predict`` needs. Recorded in the report."""
+
+    questions: str
+    index: str
+    out: str = "submissions/submission.csv"
+    report: str | None = None  # default: <out without .csv>.report.json
+    readers: list[str] = field(default_factory=list)
+    embedder: str | None = None  # default: the index's own
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    max_length: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    @property
+    def report_path(self) -> Path:
+        if self.report:
+            return Path(self.report)
+        out = Path(self.out)
+        return out.with_name(out.stem + ".report.json")
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` produced."""
+
+    ids: list[str]
+    rankings: list[list[str]]
+    scores: np.ndarray
+    contexts: list[Contexts]
+    scorer: str
+    map3: float | None = None
+    accuracy: float | None = None
+    seconds: float = 0.0
+
+
+def check_writable(path: Path, overwrite: bool, flag: str = "--out") -> None:
+    """Fail before any work if ``path`` exists (without ``overwrite``) or can't be written."""
+    if path.exists() and path.is_dir():
+        raise OpenbookError(f"{flag} {path} is a directory; give a file path such as "
+                            f"{path / 'submission.csv'}")
+    if path.exists() and not overwrite:
+        raise OpenbookError(f"{flag} {path} already exists; pass --overwrite to replace it, "
+                            f"or choose another {flag}")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OpenbookError(f"{flag} {path}: cannot create folder {parent} ({e.strerror})") from e
+    if not os.access(parent, os.W_OK):
+        raise OpenbookError(f"{flag} {path}: folder {parent} is not writable; choose another {flag}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, then rename: never a half file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OpenbookError(f"cannot write {path} ({e.strerror}); the previous file, if any, "
+                            "is untouched") from e
+
+
+def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str:
+    """``id,prediction`` with the top three letters space-separated."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "prediction"])
+    for i, r in zip(ids, rankings):
+        w.writerow([i, " ".join(r[:3])])
+    return buf.getvalue()
+
+
+def open_embedder(store: IndexStore, requested: str | None, device: str | None) -> Embedder:
+    """The embedder that built ``store``; refuse one that differs from it."""
+    built = store.meta["embedder"]
+    name = requested or built["name"]
+    if requested is not None and resolve_model(requested)[0] != built["name"]:
+        raise IndexMismatchError(
+            f"--embedder {requested} differs from the embedder that built --index {store.path} "
+            f"({built['name']}); drop --embedder, or rebuild the index with it")
+    emb = Embedder(name, device=device)
+    if emb.dim != built["dim"] or emb.normalize != built["normalize"]:
+        raise IndexMismatchError(
+            f"embedder {emb.name} gives {emb.dim}-d vectors (normalize={emb.normalize}) but "
+            f"--index {store.path} holds {built['dim']}-d (normalize={built['normalize']}); "
+            "use the index's embedder or rebuild the index")
+    return emb
+
+
+def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: Sequence[Contexts],
+                  embedder: Embedder) -> tuple[np.ndarray, str, list[dict]]:
+    """(scores ``(n, 5)``, scorer name, scorer descriptions)."""
+    prompts = [q.prompt for q in questions]
+    options = [list(q.options) for q in questions]
+    ctx = [c.joined() for c in contexts]
+    rows = [q.row for q in questions]
+    if not cfg.readers:
+        from .zeroshot import ZeroShotScorer
+
+        scorer = ZeroShotScorer(embedder)
+        log.info("no --reader given: using the %s", scorer.name)
+        return scorer.score(prompts, options, ctx, rows, progress=cfg.progress), \
+            scorer.name, [scorer.describe()]
+    from .reader import MultipleChoiceReader
+
+    probs, described = [], []
+    for name in cfg.readers:
+        reader = MultipleChoiceReader.from_pretrained(
+            name, device=cfg.device, max_length=cfg.max_length, batch_size=cfg.batch_size)
+        probs.append(reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress))
+        described.append({"type": "reader", "name": name, "max_length": reader.max_length})
+    label = "reader " + " + ".join(cfg.readers) if len(cfg.readers) == 1 else \
+        f"ensemble of {len(cfg.readers)} readers (mean probability)"
+    return np.mean(probs, axis=0), label, described
+
+
+def predict(cfg: PredictConfig) -> PredictResult:
+    """Answer ``cfg.questions``; write the submission and the report."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    check_writable(out, cfg.overwrite)
+    check_writable(cfg.report_path, True, "--report")
+    questions = load_questions(cfg.questions)
+    log.info("%d questions from %s", len(questions), cfg.questions)
+    store = load_index(cfg.index)
+    embedder = open_embedder(store, cfg.embedder, cfg.device)
+    contexts = retrieve(questions, store, embedder, cfg.retrieval, progress=cfg.progress)
+    scores, scorer, described = score_options(cfg, questions, contexts, embedder)
+    rankings = rank_letters(scores)
+    ids = [q.id for q in questions]
+    result = PredictResult(ids=ids, rankings=rankings, scores=scores, contexts=contexts,
+                           scorer=scorer)
+    if has_answers(questions):
+        answers = [q.answer for q in questions]
+        result.map3 = map_at_3(rankings, answers)
+        result.accuracy = accuracy_at_1(rankings, answers)
+    result.seconds = time.perf_counter() - t0
+    write_text_atomic(out, submission_csv(ids, rankings))
+    report = {
+        "questions": str(cfg.questions), "index": str(cfg.index), "submission": str(out),
+        "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
+        "retrieval": cfg.retrieval.to_dict(), "embedder": embedder.name,
+        "n_questions": len(questions), "seconds": round(result.seconds, 2),
+        "map@3": result.map3, "accuracy@1": result.accuracy,
+        "per_question": [
+            {"id": q.id, "ranking": "".join(r), "answer": q.answer,
+             "scores": {LETTERS[k]: round(float(s), 5) for k, s in enumerate(sc)},
+             "passages": c.passage_ids}
+            for q, r, sc, c in zip(questions, rankings, scores, contexts)],
+    }
+    write_text_atomic(cfg.report_path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    log.info("wrote %s and %s in %.1f s", out, cfg.report_path, result.seconds)
+    return result

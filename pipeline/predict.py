@@ -1,0 +1,85 @@
+"""``python -m pipeline.predict``: answer a question CSV with an index and a reader.
+
+A thin CLI over :func:`pipeline.answering.predict`; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .answering import PredictConfig, predict
+from .cli import run, setup_logging
+from .retrieval import QUERY_MODES, RetrievalConfig
+
+EXAMPLES = """\
+examples:
+  # zero-shot baseline over the demo index; prints MAP@3 when the CSV has an 'answer' column
+  python -m pipeline.predict data/sample_questions.csv --index index/demo --overwrite
+
+  # a fine-tuned multiple-choice reader (DeBERTa-v3, Longformer, BERT, ...: a local folder or hub name)
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/deberta-v3-large \\
+      --top-k 8 --max-length 512 --out submissions/submission.csv
+
+  # an ensemble: probabilities of several readers averaged
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --reader readers/b
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.predict",
+        description="Retrieve contexts for 5-option questions (id,prompt,A..E[,answer]), rank the "
+                    "options and write a submission (id,prediction).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("questions", metavar="QUESTIONS.csv",
+                   help="CSV with columns id,prompt,A,B,C,D,E and optionally answer")
+    p.add_argument("--index", required=True, metavar="DIR", help="index built by pipeline.build_index")
+    p.add_argument("--reader", action="append", default=[], metavar="NAME_OR_PATH",
+                   help="AutoModelForMultipleChoice folder or hub name; repeat to ensemble. "
+                        "Without it: the zero-shot retrieval-similarity baseline")
+    p.add_argument("--out", default="submissions/submission.csv", metavar="FILE",
+                   help="submission to write (default: %(default)s)")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="JSON report (default: next to --out, as NAME.report.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    r = p.add_argument_group("retrieval")
+    r.add_argument("--top-k", type=int, default=RetrievalConfig.top_k,
+                   help="passages per question (default: %(default)s)")
+    r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
+                   help="what is embedded to search (default: %(default)s)")
+    r.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists searched per query (default: the index's own)")
+    r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
+                   help="where the index's embedder is, if not where it was at build time; "
+                        "must be the same model")
+    m = p.add_argument_group("reader")
+    m.add_argument("--max-length", type=int, default=None,
+                   help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
+    m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
+    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = PredictConfig(
+        questions=args.questions, index=args.index, out=args.out, report=args.report,
+        readers=args.reader, embedder=args.embedder,
+        retrieval=RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe),
+        max_length=args.max_length, batch_size=args.batch_size, device=args.device,
+        overwrite=args.overwrite, progress=not args.no_progress)
+    res = predict(cfg)
+    sys.stdout.write(f"wrote {cfg.out} ({len(res.ids)} questions, scorer: {res.scorer})\n")
+    if res.map3 is not None:
+        sys.stdout.write(f"MAP@3 = {res.map3:.4f}  accuracy@1 = {res.accuracy:.4f}  "
+                         f"(n={len(res.ids)}, {res.scorer})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

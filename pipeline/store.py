@@ -1,0 +1,352 @@
+"""The index directory: write it safely, load it, check it.
+
+An index is a directory::
+
+    index/NAME/
+      meta.json          how it was built: embedder, dim, metric, normalised,
+                         chunking, index type + params, counts, versions,
+                         complete, file sizes + sha256
+      faiss.index        vector i  <->  passage row i
+      passages.parquet   passage_id, doc_id, doc_title, text
+
+It is written into ``.NAME.partial/`` beside the target and renamed into
+place only when complete, so a crash never leaves a half index under the
+real name, and an existing index is replaced only after the new one is whole.
+
+Example::
+
+    >>> store = load_index("index/demo")                    # doctest: +SKIP
+    >>> scores, ids = store.search(query_vectors, k=5)      # doctest: +SKIP
+    >>> store.passages(ids[0])[0]["text"]                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import faiss_index
+from .errors import IndexMismatchError, OpenbookError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+INDEX_FILE = "faiss.index"
+PASSAGES_FILE = "passages.parquet"
+VECTORS_FILE = "vectors.f32"
+ROW_GROUP = 2048
+PASSAGE_COLUMNS = ("passage_id", "doc_id", "doc_title", "text")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for mod in ("faiss", "numpy", "pyarrow", "torch", "transformers", "sentence_transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            out[mod] = None
+    from . import __version__
+
+    out["openbook"] = __version__
+    return out
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing, non-empty directory unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise OpenbookError(f"--out {out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a complete index" if (out / META_FILE).exists() else "files"
+        raise OpenbookError(
+            f"--out {out} already holds {what}; pass --overwrite to replace it "
+            "(the old index stays until the new one is complete), or choose another --out")
+
+
+class IndexWriter:
+    """Streams passages and vectors into ``.NAME.partial/``, then builds and publishes.
+
+    Passages go to parquet row groups and vectors to a raw float32 file as they
+    arrive, so memory stays bounded; the FAISS index is built from the vector
+    file (memory-mapped) in :meth:`finish`.
+    """
+
+    def __init__(self, out: str | Path, *, dim: int, overwrite: bool = False):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.out = Path(out)
+        check_output_dir(self.out, overwrite)
+        self.partial = self.out.with_name(f".{self.out.name}.partial")
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
+        self.dim = dim
+        self.count = 0
+        self._schema = pa.schema([(c, pa.string()) for c in PASSAGE_COLUMNS])
+        self._writer = pq.ParquetWriter(self.partial / PASSAGES_FILE, self._schema,
+                                        compression="zstd")
+        self._vectors = open(self.partial / VECTORS_FILE, "wb")
+        self._pending: dict[str, list] = {c: [] for c in PASSAGE_COLUMNS}
+        write_json_atomic(self.partial / META_FILE, {"format_version": FORMAT_VERSION,
+                                                     "complete": False})
+
+    def add(self, passages: Sequence, vectors: np.ndarray) -> None:
+        """Append passages (with ``passage_id, doc_id, title, text``) and their vectors."""
+        if len(passages) != len(vectors) or (len(vectors) and vectors.shape[1] != self.dim):
+            raise ValueError(f"{len(passages)} passages vs vectors of shape {vectors.shape}")
+        for p in passages:
+            self._pending["passage_id"].append(p.passage_id)
+            self._pending["doc_id"].append(p.doc_id)
+            self._pending["doc_title"].append(p.title)
+            self._pending["text"].append(p.text)
+        self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        self.count += len(passages)
+        while len(self._pending["text"]) >= ROW_GROUP:
+            self._flush(ROW_GROUP)
+
+    def _flush(self, n: int | None = None) -> None:
+        import pyarrow as pa
+
+        n = len(self._pending["text"]) if n is None else n
+        if n == 0:
+            return
+        batch = {c: v[:n] for c, v in self._pending.items()}
+        self._pending = {c: v[n:] for c, v in self._pending.items()}
+        self._writer.write_table(pa.table(batch, schema=self._schema), row_group_size=ROW_GROUP)
+
+    def vectors(self) -> np.ndarray:
+        """All vectors written so far, memory-mapped ``(count, dim)``."""
+        self._vectors.flush()
+        return np.memmap(self.partial / VECTORS_FILE, dtype=np.float32, mode="r",
+                         shape=(self.count, self.dim))
+
+    def finish(self, meta: dict, spec: faiss_index.IndexSpec, *, keep_vectors: bool = False,
+               add_batch: int = 65536) -> dict:
+        """Build the FAISS index, write ``meta.json`` (complete) and move into place."""
+        import faiss
+
+        self._flush()
+        self._writer.close()
+        self._vectors.close()
+        if self.count == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise OpenbookError("the corpus produced no passages (every document was empty or "
+                                "skipped); check --format and --text-column")
+        vecs = np.memmap(self.partial / VECTORS_FILE, dtype=np.float32, mode="r",
+                         shape=(self.count, self.dim))
+        index = faiss_index.make_index(spec, self.dim)
+        if not index.is_trained:
+            rng = np.random.default_rng(0)
+            n_train = min(self.count, spec.train_size or self.count)
+            rows = np.sort(rng.choice(self.count, size=n_train, replace=False))
+            faiss_index.train(index, np.asarray(vecs[rows]))
+        for start in range(0, self.count, add_batch):
+            index.add(np.ascontiguousarray(vecs[start:start + add_batch]))
+        faiss_index.set_nprobe(index, spec.nprobe)
+        faiss.write_index(index, str(self.partial / INDEX_FILE))
+        del vecs
+        if not keep_vectors:
+            (self.partial / VECTORS_FILE).unlink()
+        files = {}
+        for name in (INDEX_FILE, PASSAGES_FILE) + ((VECTORS_FILE,) if keep_vectors else ()):
+            p = self.partial / name
+            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        meta = dict(meta)
+        meta.update({
+            "format_version": FORMAT_VERSION,
+            "complete": True,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "index": spec.to_dict() | {"bytes_per_vector": spec.bytes_per_vector(self.dim)},
+            "metric": "inner_product",
+            "files": files,
+            "versions": library_versions(),
+        })
+        meta.setdefault("counts", {})["passages"] = self.count
+        write_json_atomic(self.partial / META_FILE, meta)
+        self._publish()
+        return meta
+
+    def _publish(self) -> None:
+        old = self.out.with_name(f".{self.out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.out.exists():
+            os.replace(self.out, old)
+        os.replace(self.partial, self.out)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def abort(self) -> None:
+        """Close files and remove the partial directory."""
+        for f in (self._writer, self._vectors):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def read_meta(path: str | Path) -> dict:
+    """``meta.json`` of an index directory, with errors that say what to do."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise OpenbookError(f"--index {path}: no such directory; build one with "
+                            f"`python -m pipeline.build_index --out {path}`")
+    if not meta_path.exists():
+        raise OpenbookError(f"--index {path}: no {META_FILE}, so this is not an openbook index "
+                            "(or its build never finished); rebuild it with pipeline.build_index")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OpenbookError(f"--index {path}: {META_FILE} is unreadable ({e}); rebuild the index") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"--index {path}: format version {meta.get('format_version')} but this openbook "
+            f"reads version {FORMAT_VERSION}; rebuild the index with this version")
+    if not meta.get("complete"):
+        raise OpenbookError(f"--index {path}: the build did not finish (complete=false); "
+                            "run the same pipeline.build_index command again")
+    return meta
+
+
+@dataclass
+class IndexStore:
+    """A loaded index directory: FAISS index, passage table and ``meta``."""
+
+    path: Path
+    meta: dict
+    index: object
+    _passages: object = field(repr=False)  # pyarrow.parquet.ParquetFile
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["embedder"]["dim"])
+
+    def search(self, vectors: np.ndarray, k: int, *, nprobe: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows for each query vector: ``(scores, ids)``, both ``(n, k)``; id -1 = none."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IndexMismatchError(f"query vectors have shape {vectors.shape}, the index "
+                                     f"{self.path} holds {self.dim}-d vectors")
+        faiss_index.set_nprobe(self.index, nprobe)
+        k = min(k, self.size)
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def passages(self, ids: Sequence[int]) -> list[dict]:
+        """Rows ``ids`` of the passage table as dicts, in the order given.
+
+        Only the row groups that hold the ids are read, so memory does not
+        grow with the corpus.
+        """
+        ids = [int(i) for i in ids]
+        wanted = sorted({i for i in ids if i >= 0})
+        rows: dict[int, dict] = {}
+        pf = self._passages
+        starts = self._group_starts()
+        g = 0
+        by_group: dict[int, list[int]] = {}
+        import bisect
+
+        for i in wanted:
+            g = bisect.bisect_right(starts, i) - 1
+            by_group.setdefault(g, []).append(i)
+        for g, members in by_group.items():
+            table = pf.read_row_group(g, columns=list(PASSAGE_COLUMNS))
+            local = [i - starts[g] for i in members]
+            sub = table.take(local).to_pylist()
+            rows.update(zip(members, sub))
+        return [rows[i] for i in ids if i in rows]
+
+    def _group_starts(self) -> list[int]:
+        if not hasattr(self, "_starts"):
+            md = self._passages.metadata
+            starts, s = [], 0
+            for g in range(md.num_row_groups):
+                starts.append(s)
+                s += md.row_group(g).num_rows
+            self._starts = starts
+        return self._starts
+
+
+def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
+               embedder: str | None = None) -> IndexStore:
+    """Open an index directory after checking its ``meta.json``.
+
+    Args:
+        mmap: memory-map the FAISS index instead of reading it into RAM.
+        verify: ``"size"`` (file sizes, instant), ``"full"`` (sha256) or ``"none"``.
+        embedder: if given, the canonical embedder name the caller will use;
+            an index built with another one is refused.
+    """
+    import faiss
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    meta = read_meta(path)
+    if embedder is not None and meta["embedder"]["name"] != embedder:
+        raise IndexMismatchError(
+            f"--index {path} was built with embedder {meta['embedder']['name']!r} but "
+            f"{embedder!r} was asked for; drop --embedder to use the index's own, or rebuild "
+            f"the index with --embedder {embedder}")
+    for name, rec in meta.get("files", {}).items():
+        p = path / name
+        if not p.exists():
+            raise OpenbookError(f"--index {path}: {name} is missing; rebuild the index")
+        if verify in ("size", "full") and p.stat().st_size != rec["bytes"]:
+            raise OpenbookError(f"--index {path}: {name} has {p.stat().st_size} bytes, meta.json "
+                                f"says {rec['bytes']}: the file is damaged; rebuild the index")
+        if verify == "full" and sha256_file(p) != rec["sha256"]:
+            raise OpenbookError(f"--index {path}: {name} fails its sha256 check: the file is "
+                                "damaged; rebuild the index")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    index = faiss.read_index(str(path / INDEX_FILE), flags)
+    faiss_index.set_nprobe(index, meta["index"].get("nprobe"))
+    index = faiss_index.for_search(index)
+    passages = pq.ParquetFile(path / PASSAGES_FILE, memory_map=mmap)
+    n_pass = passages.metadata.num_rows
+    if index.ntotal != n_pass or index.ntotal != meta["counts"]["passages"]:
+        raise IndexMismatchError(
+            f"--index {path}: {index.ntotal} vectors but {n_pass} passages "
+            f"(meta.json says {meta['counts']['passages']}); rebuild the index")
+    if index.d != meta["embedder"]["dim"]:
+        raise IndexMismatchError(f"--index {path}: vectors are {index.d}-d but meta.json says "
+                                 f"{meta['embedder']['dim']}; rebuild the index")
+    log.info("index %s: %d passages, %s, embedder %s", path, index.ntotal,
+             meta["index"]["factory"], meta["embedder"]["name"])
+    return IndexStore(path=path, meta=meta, index=index, _passages=passages)
