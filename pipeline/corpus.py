@@ -72,6 +72,7 @@ class CorpusStats:
 
     ``read`` counts source records (pages, rows, lines) seen, ``yielded`` the
     documents handed out; the ``skipped_*`` counts say why the rest were not.
+    Counts accumulate, so one instance can total several files.
 
     >>> s = CorpusStats(read=3, yielded=1, skipped_redirect=1, skipped_empty=1)
     >>> s.summary()
@@ -153,16 +154,15 @@ def iter_documents(path: str | os.PathLike[str] | None, fmt: str | None = None, 
     ['0', '1']
     """
     if limit is not None and limit < 0:
-        raise CorpusError(f"--limit must be 0 or more, got {limit}. Fix: pass --limit N with N >= 0.")
-    fmt = _resolve_format(path, fmt)
+        raise CorpusError(f"--limit must be 0 or more, got {limit}. "
+                          f"Fix: pass --limit N with N >= 0.")
+    fmt, file = _resolve(path, fmt)
     stats = stats if stats is not None else CorpusStats()
-    if fmt == "demo":
+    if file is None:  # fmt == "demo"
         if path is not None:
             logger.debug("--format demo ignores the corpus path %s", path)
         source = _read_demo(demo_corpus_path(), stats)
     else:
-        assert path is not None  # _resolve_format checked it
-        file = Path(path)
         logger.info("reading %s as %s", file, fmt)
         if fmt == "xml":
             source = _read_xml(file, stats)
@@ -175,14 +175,15 @@ def iter_documents(path: str | os.PathLike[str] | None, fmt: str | None = None, 
     return _limited(source, limit, stats)
 
 
-def _resolve_format(path: str | os.PathLike[str] | None, fmt: str | None) -> str:
+def _resolve(path: str | os.PathLike[str] | None, fmt: str | None) -> tuple[str, Path | None]:
+    """The checked format and file (``None`` for the demo corpus)."""
     if fmt is not None:
         fmt = fmt.strip().lower()
         if fmt not in FORMATS:
             raise CorpusError(f"unknown corpus format {fmt!r}. Fix: pass --format with one of "
                               f"{', '.join(FORMATS)}.")
         if fmt == "demo":
-            return fmt
+            return fmt, None
     if path is None:
         raise CorpusError("no corpus file given. Fix: pass a corpus path, or --format demo "
                           "for the built-in demo corpus.")
@@ -192,7 +193,7 @@ def _resolve_format(path: str | os.PathLike[str] | None, fmt: str | None) -> str
     if file.is_dir():
         raise CorpusError(f"{file}: is a directory, not a corpus file. Fix: pass one file "
                           f"(index each shard separately or concatenate them).")
-    return fmt if fmt is not None else detect_format(file)
+    return (fmt if fmt is not None else detect_format(file)), file
 
 
 def _limited(source: Iterator[Document], limit: int | None,
@@ -284,7 +285,7 @@ def _read_xml(path: Path, stats: CorpusStats) -> Iterator[Document]:
 
     from mwxml.element_iterator import ElementIterator
 
-    done = 0  # pages fully read, for the error message
+    done = yielded = 0  # pages fully read and documents yielded, for the error message
     try:
         with _open_binary(path) as f:
             # Dump.from_file(f) would do, but it keeps every (cleared) <page> element
@@ -300,21 +301,22 @@ def _read_xml(path: Path, stats: CorpusStats) -> Iterator[Document]:
             dump = mwxml.Dump.from_element(root_iterator)
             for page in dump.pages:
                 stats.read += 1
-                doc = _page_document(page, stats)
+                doc = _page_document(page, done, stats)
                 done += 1
                 root.clear()  # detach finished pages (see above)
                 if doc is not None:
+                    yielded += 1
                     yield doc
     except (EOFError, OSError, ParseError, MalformedXML, ValueError, UnicodeError) as exc:
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CorpusError(
             f"{path}: the XML dump is truncated or malformed after {done} page(s) were read "
-            f"({stats.yielded} document(s) yielded): {type(exc).__name__}: {detail}. Fix: "
+            f"({yielded} document(s) yielded): {type(exc).__name__}: {detail}. Fix: "
             f"re-download the dump and check its size/checksum (or use --limit to stop "
             f"before the fault).") from exc
 
 
-def _page_document(page: Any, stats: CorpusStats) -> Document | None:
+def _page_document(page: Any, ordinal: int, stats: CorpusStats) -> Document | None:
     """The cleaned latest revision of an article page, or None (counted in stats)."""
     if page.namespace != 0:
         stats.skipped_namespace += 1
@@ -329,7 +331,6 @@ def _page_document(page: Any, stats: CorpusStats) -> Document | None:
     if text.lstrip()[:len(_REDIRECT_PREFIX)].lower() == _REDIRECT_PREFIX:
         stats.skipped_redirect += 1  # older exports have no <redirect> element
         return None
-    ordinal = stats.read - 1
     return _document(ordinal, page.id, page.title, clean_wikitext(text), stats)
 
 
@@ -470,7 +471,7 @@ def _read_csv(path: Path, title_column: str, text_column: str, id_column: str | 
     except (pd.errors.ParserError, csv.Error) as exc:
         raise CorpusError(f"{path}: malformed CSV after {ordinal} data row(s): "
                           f"{' '.join(str(exc).split())}. Fix: check the quoting of that line "
-                          f"(fields containing commas, quotes or newlines must be quoted).") from exc
+                          f"(fields with commas, quotes or newlines must be quoted).") from exc
     except (EOFError, OSError, UnicodeError) as exc:
         raise CorpusError(f"{path}: cannot read past data row {ordinal} ({type(exc).__name__}: "
                           f"{exc}). Fix: check that the file is complete UTF-8 CSV.") from exc

