@@ -89,7 +89,7 @@ class ZeroShotScorer:
 
     name = NAME
 
-    def __init__(self, embedder, *, dense_weight: float = 1.0, lexical_weight: float = 1.0,
+    def __init__(self, embedder, *, dense_weight: float = 1.0, lexical_weight: float = 2.0,
                  max_sentences: int = 48):
         self.embedder = embedder
         self.dense_weight = dense_weight
