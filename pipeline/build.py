@@ -1,9 +1,10 @@
-"""corpus -> chunks -> vectors -> index directory, streamed in shards.
+"""corpus -> chunks -> vectors -> index directory (+ BM25), streamed in shards.
 
 The library behind ``python -m pipeline.build_index``. Documents are read
 one at a time, chunked in small batches and embedded a shard of passages at
 a time; passages and vectors go to disk as they are made, so memory holds one
-shard, not the corpus.
+shard, not the corpus. Then, unless ``bm25=False``, :func:`pipeline.bm25.add_bm25`
+builds the BM25 index from the written passages.
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,6 +55,7 @@ class BuildConfig:
     shard_size: int = 4096
     overwrite: bool = False
     keep_vectors: bool = False
+    bm25: bool = True  # also build DIR/bm25/ (pipeline.bm25) after the FAISS index
     progress: bool = True
 
 
@@ -64,6 +67,13 @@ def build_index(cfg: BuildConfig) -> dict:
         raise OpenbookError(f"--corpus {cfg.corpus}: no such file")
     check_output_dir(Path(cfg.out), cfg.overwrite)  # fail before loading any model
     t0 = time.perf_counter()
+    stats = CorpusStats()
+    docs = iter_documents(cfg.corpus, cfg.format, title_column=cfg.title_column,
+                          text_column=cfg.text_column, id_column=cfg.id_column,
+                          limit=cfg.limit, stats=stats)
+    first = next(docs, None)  # bad columns / unreadable file: fail before loading the model
+    if first is not None:
+        docs = itertools.chain([first], docs)
     embedder = Embedder(cfg.embedder, device=cfg.device, batch_size=cfg.batch_size)
     if cfg.chunk.max_tokens > embedder.max_seq_length:
         raise OpenbookError(
@@ -71,14 +81,10 @@ def build_index(cfg: BuildConfig) -> dict:
             f"({embedder.max_seq_length} tokens for {embedder.name}); the tail of every passage "
             f"would be ignored. Use --chunk-size {embedder.max_seq_length} or less")
     chunker = Chunker(embedder.tokenizer, cfg.chunk)
-    stats = CorpusStats()
     writer = IndexWriter(cfg.out, dim=embedder.dim, overwrite=cfg.overwrite)
     embed_seconds = 0.0
     n_docs = 0
     try:
-        docs = iter_documents(cfg.corpus, cfg.format, title_column=cfg.title_column,
-                              text_column=cfg.text_column, id_column=cfg.id_column,
-                              limit=cfg.limit, stats=stats)
         bar = tqdm(desc="build", unit="doc", disable=not cfg.progress, dynamic_ncols=True)
         doc_batch, shard = [], []
 
@@ -130,6 +136,15 @@ def build_index(cfg: BuildConfig) -> dict:
     meta["build"]["seconds"] = round(total, 2)
     meta["build"]["passages_per_second"] = round(meta["counts"]["passages"] / max(total, 1e-9), 1)
     write_json_atomic(Path(cfg.out) / META_FILE, meta)  # meta.json is not checksummed
+    if cfg.bm25:  # a separate stage: it reads the published passages.parquet
+        from .bm25 import add_bm25
+
+        try:
+            meta["bm25"] = add_bm25(cfg.out, progress=cfg.progress)
+        except BaseException:
+            log.error("the dense index %s is complete, but its BM25 failed; add it later with "
+                      "`python -m pipeline.bm25 --index %s`", cfg.out, cfg.out)
+            raise
     n = meta["counts"]["passages"]
     log.info("built %s: %d documents -> %d passages in %.1f s (%.1f passages/s embedding, "
              "%.1f passages/s overall), index %s", cfg.out, n_docs, n, total,

@@ -1,4 +1,4 @@
-"""``python -m pipeline.build_index``: corpus -> chunks -> vectors -> FAISS index directory.
+"""``python -m pipeline.build_index``: corpus -> chunks -> vectors -> FAISS (+ BM25) index directory.
 
 A thin CLI over :func:`pipeline.build.build_index`; see ``--help``.
 """
@@ -36,7 +36,7 @@ examples:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.build_index",
-        description="Build a dense retrieval index (FAISS + passages + meta.json) from a corpus.",
+        description="Build a retrieval index (FAISS + BM25 + passages + meta.json) from a corpus.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("corpus")
     src.add_argument("--corpus", metavar="PATH",
@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     idx.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
     idx.add_argument("--keep-vectors", action="store_true",
                      help="keep the raw float32 vectors (vectors.f32) beside the index")
+    idx.add_argument("--no-bm25", action="store_true",
+                     help="skip the BM25 index (DIR/bm25/) used by --retriever bm25|hybrid; add it "
+                          "later with `python -m pipeline.bm25 --index DIR`")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="index/demo", metavar="DIR",
                      help="index directory to write (default: %(default)s)")
@@ -93,13 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         text_column=args.text_column, id_column=args.id_column, limit=args.limit,
         embedder=args.embedder, device=args.device, batch_size=args.batch_size, chunk=chunk,
         index_type=args.index_type, nlist=args.nlist, nprobe=args.nprobe,
-        overwrite=args.overwrite, keep_vectors=args.keep_vectors, progress=not args.no_progress)
+        overwrite=args.overwrite, keep_vectors=args.keep_vectors, bm25=not args.no_bm25,
+        progress=not args.no_progress)
     meta = build_index(cfg)
     b = meta["build"]
     sys.stdout.write(
         f"index {args.out}: {meta['counts']['documents']} documents, "
         f"{meta['counts']['passages']} passages, {meta['index']['factory']}, "
-        f"{b['seconds']:.1f} s ({b['passages_per_second']:.1f} passages/s)\n")
+        f"{b['seconds']:.1f} s ({b['passages_per_second']:.1f} passages/s)"
+        + (f", bm25 vocabulary {meta['bm25']['vocab_size']} ({meta['bm25']['seconds']:.1f} s)"
+           if "bm25" in meta else ", no bm25") + "\n")
     return 0
 
 

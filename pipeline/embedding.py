@@ -59,7 +59,7 @@ def _offline_folder(canonical: str) -> Path | None:
         path = Path(get_model_path())
         return path if (path / "config.json").exists() else None
     local = models_dir() / canonical.split("/")[-1]
-    return local if (local / "config.json").exists() else None
+    return local.resolve() if (local / "config.json").exists() else None
 
 
 def resolve_model(name_or_path: str) -> tuple[str, str]:

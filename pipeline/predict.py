@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .answering import PredictConfig, predict
 from .cli import run, setup_logging
-from .retrieval import QUERY_MODES, RetrievalConfig
+from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
 
 EXAMPLES = """\
 examples:
@@ -21,6 +21,10 @@ examples:
   # a fine-tuned multiple-choice reader (DeBERTa-v3, Longformer, BERT, ...: a local folder or hub name)
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/deberta-v3-large \\
       --top-k 8 --max-length 512 --out submissions/submission.csv
+
+  # BM25 only, or hybrid with one query per option (the default is hybrid when the index has BM25)
+  python -m pipeline.predict test.csv --index index/demo --retriever bm25
+  python -m pipeline.predict test.csv --index index/demo --retriever hybrid --per-option-queries
 
   # an ensemble: probabilities of several readers averaged
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --reader readers/b
@@ -49,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
                    help="passages per question (default: %(default)s)")
     r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
                    help="what is embedded to search (default: %(default)s)")
+    r.add_argument("--retriever", choices=RETRIEVERS, default=RetrievalConfig.retriever,
+                   help="dense (FAISS), bm25, or hybrid (both, reciprocal-rank fused); "
+                        "auto = hybrid if the index has BM25, else dense (default: %(default)s)")
+    r.add_argument("--per-option-queries", action="store_true",
+                   help="search 'prompt + option' once per option and fuse the five rankings, "
+                        "instead of one 'prompt + all options' query")
     r.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists searched per query (default: the index's own)")
     r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
@@ -70,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = PredictConfig(
         questions=args.questions, index=args.index, out=args.out, report=args.report,
         readers=args.reader, embedder=args.embedder,
-        retrieval=RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe),
+        retrieval=RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
+                                  retriever=args.retriever,
+                                  per_option=args.per_option_queries),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
         overwrite=args.overwrite, progress=not args.no_progress)
     res = predict(cfg)

@@ -1,0 +1,54 @@
+"""Write a needle-in-a-haystack corpus: the source passages of ../shared/data among the demo summaries.
+
+Each labelled question in ``stem_1k.csv`` and ``extra_500.csv`` carries the passage it was written
+from (``context``). This script writes those passages as documents (id ``<file>-<row id>``) followed
+by the 10,033 vital-article summaries as distractors, as one jsonl corpus for ``build_index``.
+
+    python benchmarks/haystack.py --out /tmp/haystack.jsonl
+    python -m pipeline.build_index --corpus /tmp/haystack.jsonl --out index/haystack
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+FILES = ("stem_1k.csv", "extra_500.csv")
+
+
+def needles(shared: Path = SHARED):
+    """(doc_id, text) of every labelled question's source passage."""
+    for name in FILES:
+        with open(shared / name, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                yield f"{Path(name).stem}-{row['id']}", row["context"]
+
+
+def main() -> int:
+    from pipeline.corpus import iter_documents
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shared", default=str(SHARED))
+    args = p.parse_args()
+    n = 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        for doc_id, text in needles(Path(args.shared)):
+            f.write(json.dumps({"id": doc_id, "title": "", "text": text}, ensure_ascii=False) + "\n")
+            n += 1
+        for d in iter_documents(None, "demo"):
+            f.write(json.dumps({"id": f"demo-{d.doc_id}", "title": d.title, "text": d.text},
+                               ensure_ascii=False) + "\n")
+            n += 1
+    sys.stdout.write(f"wrote {args.out}: {n} documents\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
