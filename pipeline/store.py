@@ -93,6 +93,56 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             "(the old index stays until the new one is complete), or choose another --out")
 
 
+class BuildLock:
+    """``.NAME.lock`` beside an index: one build per output directory at a time.
+
+    The file holds the builder's pid. A lock whose process is gone (a crash,
+    SIGKILL) is stale and taken over, so no manual clean-up is ever needed.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(f".{out.name}.lock")
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and self._alive(pid):
+                    raise OpenbookError(
+                        f"--out {self.path.parent / self.path.name[1:-5]} is being built by "
+                        f"another process (pid {pid}); wait for it to finish or stop it, or "
+                        "choose another --out") from None
+                self.path.unlink(missing_ok=True)  # stale: its builder is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return
+        raise OpenbookError(f"cannot take the build lock {self.path}; remove it if no build runs")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
 class IndexWriter:
     """Streams passages and vectors into ``.NAME.partial/``, then builds and publishes.
 
@@ -106,7 +156,13 @@ class IndexWriter:
         import pyarrow.parquet as pq
 
         self.out = Path(out)
-        check_output_dir(self.out, overwrite)
+        self.lock = BuildLock(self.out)
+        self.lock.acquire()
+        try:
+            check_output_dir(self.out, overwrite)
+        except OpenbookError:
+            self.lock.release()
+            raise
         self.partial = self.out.with_name(f".{self.out.name}.partial")
         if self.partial.exists():
             shutil.rmtree(self.partial)
@@ -206,6 +262,7 @@ class IndexWriter:
         os.replace(self.partial, self.out)
         if old.exists():
             shutil.rmtree(old)
+        self.lock.release()
 
     def abort(self) -> None:
         """Close files and remove the partial directory."""
@@ -215,6 +272,7 @@ class IndexWriter:
             except (OSError, ValueError):
                 pass
         shutil.rmtree(self.partial, ignore_errors=True)
+        self.lock.release()
 
 
 def read_meta(path: str | Path) -> dict:

@@ -173,7 +173,8 @@ def test_auto_is_hybrid_with_bm25_dense_without(store):
 
 
 def test_per_option_queries_batched_and_fused(store, embedder, monkeypatch):
-    q = Q("Which of these was described in a science text?",
+    # A prompt of stop words only: each option's own passage tops its own lists.
+    q = Q("Which of these is it?",
           ("Zorblaxite", "Quentarium", "Velmorine", "Draskel pondweed", "Opalith nebula"))
     cfg = RetrievalConfig(top_k=6, retriever="hybrid", per_option=True)
     assert make_queries(q.prompt, q.options, cfg) == [f"{q.prompt} {o}" for o in q.options]
@@ -188,10 +189,8 @@ def test_per_option_queries_batched_and_fused(store, embedder, monkeypatch):
     assert calls == {"dense": [10], "bm25": [10]}  # one call each, 2 questions x 5 options
     docs = set(_doc(store, ctx[0]))
     assert len(docs & {"zorb", "quen", "velm", "velm2", "drask", "opal"}) >= 5
-    assert ctx[0].rows == ctx[1].rows
-    single = retrieve([q], store, embedder, RetrievalConfig(top_k=6, retriever="hybrid"),
-                      progress=False)[0]
-    assert len(set(_doc(store, single)) & {"zorb", "quen", "velm", "velm2", "drask", "opal"}) <= len(docs)
+    assert ctx[0].rows == ctx[1].rows and ctx[0].scores == sorted(ctx[0].scores, reverse=True)
+    assert ctx[0].scores[0] <= 10 / 61 + 1e-9  # fused over 10 lists
 
 
 def test_top_k_zero_and_no_questions(store, embedder):

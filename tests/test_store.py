@@ -111,3 +111,23 @@ def test_not_an_index(tmp_path):
     (tmp_path / "x" / "meta.json").write_text(json.dumps({"format_version": 99, "complete": True}))
     with pytest.raises(IndexMismatchError, match="version"):
         load_index(tmp_path / "x")
+
+
+def test_second_build_refused_while_first_runs_and_stale_lock_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".idx.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(sleeper.pid))
+        with pytest.raises(OpenbookError, match=f"another process \\(pid {sleeper.pid}\\)"):
+            IndexWriter(tmp_path / "idx", dim=16)
+        assert lock.exists()  # the running build's lock is left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the builder died without cleaning up: its lock is stale and taken over
+    _write(tmp_path / "idx", n=50)
+    assert load_index(tmp_path / "idx").size == 50
+    assert not lock.exists()
