@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +50,7 @@ class PredictConfig:
     device: str | None = None
     overwrite: bool = False
     progress: bool = True
+    verify_index: str = "size"  # none | size (file sizes) | full (sha256 of every file)
 
     @property
     def report_path(self) -> Path:
@@ -85,24 +86,50 @@ def check_writable(path: Path, overwrite: bool, flag: str = "--out") -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OpenbookError(f"{flag} {path}: cannot create folder {parent} ({e.strerror})") from e
+        raise OpenbookError(f"{flag} {path}: cannot create folder {parent} ({e.strerror}); "
+                            f"choose another {flag}") from e
     if not os.access(parent, os.W_OK):
         raise OpenbookError(f"{flag} {path}: folder {parent} is not writable; choose another {flag}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: never a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_error(path: Path, flag: str, e: OSError) -> OpenbookError:
+    return OpenbookError(
+        f"{flag} {path}: cannot write it ({e.strerror or e}); free some disk space or choose "
+        f"another {flag}. Nothing was replaced: the previous file, if any, is untouched")
+
+
+def write_files_atomic(files: Sequence[tuple[Path, str, str]]) -> None:
+    """Write ``(path, text, flag)`` files all or none: each goes to a temp file in its own
+    folder first, and only when every one is written are they renamed into place. On a
+    failure (disk full ...) the temp files are removed and the old files stay as they were."""
+    done: list[tuple[Path, Path]] = []
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OpenbookError(f"cannot write {path} ({e.strerror}); the previous file, if any, "
-                            "is untouched") from e
+        for path, text, flag in files:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            done.append((tmp, path))
+            try:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise _write_error(path, flag, e) from e
+        for (tmp, path), (_, _, flag) in zip(done, files):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise _write_error(path, flag, e) from e
+    finally:
+        for tmp, _ in done:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def write_text_atomic(path: Path, text: str, flag: str = "--out") -> None:
+    """Write to a temp file in the same folder, then rename: never a half file."""
+    write_files_atomic([(Path(path), text, flag)])
 
 
 def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str:
@@ -126,6 +153,11 @@ def open_embedder(store: IndexStore, requested: str | None, device: str | None) 
         raise IndexMismatchError(
             f"--embedder {requested} differs from the embedder that built --index {store.path} "
             f"({built['name']}); drop --embedder, or rebuild the index with it")
+    if built["normalize"] is not True:  # queries are always L2-normalised: no model needed to tell
+        raise IndexMismatchError(
+            f"--index {store.path} holds vectors with normalize={built['normalize']} but predict "
+            "searches with L2-normalised query vectors (normalize=True); rebuild the index with "
+            "pipeline.build_index")
     emb = Embedder(name, device=device)
     if emb.dim != built["dim"] or emb.normalize != built["normalize"]:
         raise IndexMismatchError(
@@ -162,6 +194,29 @@ def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: S
     return np.mean(probs, axis=0), label, described
 
 
+#: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
+READER_RETRIEVAL_KEYS = ("top_k", "query")
+
+
+def reader_retrieval(cfg: PredictConfig) -> RetrievalConfig:
+    """``cfg.retrieval``, with each of :data:`READER_RETRIEVAL_KEYS` still at its default
+    taken from the first reader's ``openbook_reader.json`` ``"retrieval"`` (a reader trained
+    with ``--contexts-infer 8`` gets 8 passages unless ``--top-k`` says otherwise)."""
+    default = RetrievalConfig()
+    for name in cfg.readers:
+        path = Path(name).expanduser() / "openbook_reader.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8")).get("retrieval") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # no settings saved (the reader itself reports a broken file)
+        taken = {k: saved[k] for k in READER_RETRIEVAL_KEYS if saved.get(k) is not None
+                 and getattr(cfg.retrieval, k) == getattr(default, k)}
+        if taken:
+            log.info("retrieval settings from %s: %s (--top-k/--query override them)", path, taken)
+        return replace(cfg.retrieval, **taken)
+    return cfg.retrieval
+
+
 def predict(cfg: PredictConfig) -> PredictResult:
     """Answer ``cfg.questions``; write the submission and the report."""
     t0 = time.perf_counter()
@@ -170,8 +225,12 @@ def predict(cfg: PredictConfig) -> PredictResult:
     check_writable(cfg.report_path, True, "--report")
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
-    store = load_index(cfg.index)
-    retrieval = cfg.retrieval.resolved(store.meta, cfg.index)  # "auto" -> what the index has
+    store = load_index(cfg.index, verify=cfg.verify_index)
+    retrieval = reader_retrieval(cfg).resolved(store.meta, cfg.index)  # BM25 asked, none: fail now
+    if cfg.verify_index == "full" and retrieval.retriever in ("bm25", "hybrid"):
+        from .bm25 import load_bm25
+
+        store._bm25 = load_bm25(store.path, store.meta, verify="full")  # what bm25_for caches
     embedder = open_embedder(store, cfg.embedder, cfg.device)
     contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
     scores, scorer, described = score_options(cfg, questions, contexts, embedder)
@@ -184,7 +243,6 @@ def predict(cfg: PredictConfig) -> PredictResult:
         result.map3 = map_at_3(rankings, answers)
         result.accuracy = accuracy_at_1(rankings, answers)
     result.seconds = time.perf_counter() - t0
-    write_text_atomic(out, submission_csv(ids, rankings))
     report = {
         "questions": str(cfg.questions), "index": str(cfg.index), "submission": str(out),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
@@ -197,6 +255,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
              "passages": c.passage_ids}
             for q, r, sc, c in zip(questions, rankings, scores, contexts)],
     }
-    write_text_atomic(cfg.report_path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    # Both or neither: a failed report write (disk full) leaves the old submission too.
+    write_files_atomic([(out, submission_csv(ids, rankings), "--out"),
+                        (cfg.report_path, json.dumps(report, indent=1, ensure_ascii=False) + "\n",
+                         "--report")])
     log.info("wrote %s and %s in %.1f s", out, cfg.report_path, result.seconds)
     return result

@@ -251,13 +251,35 @@ def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
     """Build (or rebuild) the BM25 index of a finished index directory.
 
     Returns the ``meta.json["bm25"]`` record. The old ``bm25/`` (if any)
-    stays usable until the new one is complete.
+    stays usable until the new one is complete. Holds the index's build lock
+    (``.NAME.lock``), so two builds never write the same directory; a caller
+    in this process that already holds it (``build_index``) keeps it.
     """
+    from .store import BuildLock
+
+    index = Path(index)
+    lock = BuildLock(index)  # one builder per index directory (build_index or this)
+    if _held_by_this_process(lock.path):
+        return _add_bm25(index, config, progress=progress)
+    lock.acquire()
+    try:
+        return _add_bm25(index, config, progress=progress)
+    finally:
+        lock.release()
+
+
+def _held_by_this_process(lock_path: Path) -> bool:
+    try:
+        return int(lock_path.read_text().strip() or 0) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
     import bm25s
 
     from .store import META_FILE, PASSAGES_FILE, read_meta, write_json_atomic
 
-    index = Path(index)
     meta = read_meta(index)
     t0 = time.perf_counter()
     tokenizer = TermTokenizer.from_config(config.stopwords, config.stemmer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -29,14 +30,26 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; turn :class:`OpenbookError` into a one-line message and exit 2."""
+    """Run ``main(argv)``; turn :class:`OpenbookError` (and a full disk) into a one-line
+    message and exit 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return main(argv)
     except OpenbookError as e:
-        log.error("%s", e)
-        sys.stderr.write(f"error: {e}\n")
+        msg = " ".join(str(e).split())  # one line, even when it quotes a multi-line library error
+        log.error("%s", msg)
+        sys.stderr.write(f"error: {msg}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except OSError as e:  # a disk filled up somewhere the library did not expect it
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        log.debug("write failed", exc_info=True)
+        where = f" {e.filename}" if e.filename else ""
+        msg = (f"cannot write{where} ({e.strerror}); free some disk space (or choose another "
+               "output location) and run the command again")
+        log.error("%s", msg)
+        sys.stderr.write(f"error: {msg}\n")
+        return EXIT_USER_ERROR

@@ -12,6 +12,7 @@ from typing import Sequence
 from .answering import PredictConfig, predict
 from .cli import run, setup_logging
 from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
+from .store import VERIFY_MODES
 
 EXAMPLES = """\
 examples:
@@ -22,7 +23,7 @@ examples:
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/deberta-v3-large \\
       --top-k 8 --max-length 512 --out submissions/submission.csv
 
-  # BM25 only, or hybrid with one query per option (the default is hybrid when the index has BM25)
+  # BM25 only, or hybrid (dense + BM25, rank-fused) with one query per option
   python -m pipeline.predict test.csv --index index/demo --retriever bm25
   python -m pipeline.predict test.csv --index index/demo --retriever hybrid --per-option-queries
 
@@ -48,14 +49,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="FILE",
                    help="JSON report (default: next to --out, as NAME.report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--verify-index", choices=VERIFY_MODES, default="size",
+                   help="check the index files before use: size (instant, catches truncation), "
+                        "full (sha256 of every file, catches any changed byte) or none "
+                        "(default: %(default)s)")
     r = p.add_argument_group("retrieval")
     r.add_argument("--top-k", type=int, default=RetrievalConfig.top_k,
                    help="passages per question (default: %(default)s)")
     r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
                    help="what is embedded to search (default: %(default)s)")
     r.add_argument("--retriever", choices=RETRIEVERS, default=RetrievalConfig.retriever,
-                   help="dense (FAISS), bm25, or hybrid (both, reciprocal-rank fused); "
-                        "auto = hybrid if the index has BM25, else dense (default: %(default)s)")
+                   help="dense (FAISS), bm25, or hybrid (both, reciprocal-rank fused); bm25 and "
+                        "hybrid need an index built with BM25 (default: %(default)s)")
     r.add_argument("--per-option-queries", action="store_true",
                    help="search 'prompt + option' once per option and fuse the five rankings, "
                         "instead of one 'prompt + all options' query")
@@ -84,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   retriever=args.retriever,
                                   per_option=args.per_option_queries),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
-        overwrite=args.overwrite, progress=not args.no_progress)
+        overwrite=args.overwrite, progress=not args.no_progress, verify_index=args.verify_index)
     res = predict(cfg)
     sys.stdout.write(f"wrote {cfg.out} ({len(res.ids)} questions, scorer: {res.scorer})\n")
     if res.map3 is not None:

@@ -129,6 +129,9 @@ class BuildLock:
                         f"--out {self.path.parent / self.path.name[1:-5]} is being built by "
                         f"another process (pid {pid}); wait for it to finish or stop it, or "
                         "choose another --out") from None
+                if pid and pid != os.getpid():
+                    log.warning("taking over the stale build lock %s (its builder, pid %d, is "
+                                "gone)", self.path, pid)
                 self.path.unlink(missing_ok=True)  # stale: its builder is gone
                 continue
             with os.fdopen(fd, "w") as f:
@@ -151,31 +154,37 @@ class IndexWriter:
     file (memory-mapped) in :meth:`finish`.
     """
 
-    def __init__(self, out: str | Path, *, dim: int, overwrite: bool = False):
+    def __init__(self, out: str | Path, *, dim: int, overwrite: bool = False,
+                 lock: BuildLock | None = None):
+        """``lock``: the build lock of ``out``, already held by the caller (who releases
+        it); by default the writer takes it and releases it when published or aborted."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.out = Path(out)
-        self.lock = BuildLock(self.out)
-        self.lock.acquire()
+        self._own_lock = lock is None
+        self.lock = BuildLock(self.out) if lock is None else lock
+        if self._own_lock:
+            self.lock.acquire()
+        self.partial = self.out.with_name(f".{self.out.name}.partial")
+        self._writer = self._vectors = None
         try:
             check_output_dir(self.out, overwrite)
-        except OpenbookError:
-            self.lock.release()
+            if self.partial.exists():
+                shutil.rmtree(self.partial)  # left by a build that was killed
+            self.partial.mkdir(parents=True)
+            self.dim = dim
+            self.count = 0
+            self._schema = pa.schema([(c, pa.string()) for c in PASSAGE_COLUMNS])
+            self._writer = pq.ParquetWriter(self.partial / PASSAGES_FILE, self._schema,
+                                            compression="zstd")
+            self._vectors = open(self.partial / VECTORS_FILE, "wb")
+            self._pending: dict[str, list] = {c: [] for c in PASSAGE_COLUMNS}
+            write_json_atomic(self.partial / META_FILE, {"format_version": FORMAT_VERSION,
+                                                         "complete": False})
+        except BaseException:
+            self.abort()
             raise
-        self.partial = self.out.with_name(f".{self.out.name}.partial")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
-        self.dim = dim
-        self.count = 0
-        self._schema = pa.schema([(c, pa.string()) for c in PASSAGE_COLUMNS])
-        self._writer = pq.ParquetWriter(self.partial / PASSAGES_FILE, self._schema,
-                                        compression="zstd")
-        self._vectors = open(self.partial / VECTORS_FILE, "wb")
-        self._pending: dict[str, list] = {c: [] for c in PASSAGE_COLUMNS}
-        write_json_atomic(self.partial / META_FILE, {"format_version": FORMAT_VERSION,
-                                                     "complete": False})
 
     def add(self, passages: Sequence, vectors: np.ndarray) -> None:
         """Append passages (with ``passage_id, doc_id, title, text``) and their vectors."""
@@ -230,7 +239,12 @@ class IndexWriter:
         for start in range(0, self.count, add_batch):
             index.add(np.ascontiguousarray(vecs[start:start + add_batch]))
         faiss_index.set_nprobe(index, spec.nprobe)
-        faiss.write_index(index, str(self.partial / INDEX_FILE))
+        # Through a Python file: faiss.write_index(index, path) only prints a failed
+        # write/close (disk full) and would leave a truncated faiss.index behind.
+        with open(self.partial / INDEX_FILE, "wb") as f:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+            f.flush()
+            os.fsync(f.fileno())
         del vecs
         if not keep_vectors:
             (self.partial / VECTORS_FILE).unlink()
@@ -262,17 +276,20 @@ class IndexWriter:
         os.replace(self.partial, self.out)
         if old.exists():
             shutil.rmtree(old)
-        self.lock.release()
+        if self._own_lock:
+            self.lock.release()
 
     def abort(self) -> None:
         """Close files and remove the partial directory."""
         for f in (self._writer, self._vectors):
             try:
-                f.close()
-            except (OSError, ValueError):
+                if f is not None:
+                    f.close()
+            except Exception:  # noqa: BLE001 - a failed close (disk full) must not stop clean-up
                 pass
         shutil.rmtree(self.partial, ignore_errors=True)
-        self.lock.release()
+        if self._own_lock:
+            self.lock.release()
 
 
 def read_meta(path: str | Path) -> dict:
@@ -296,6 +313,14 @@ def read_meta(path: str | Path) -> dict:
     if not meta.get("complete"):
         raise OpenbookError(f"--index {path}: the build did not finish (complete=false); "
                             "run the same pipeline.build_index command again")
+    for keys in (("embedder", "name"), ("embedder", "dim"), ("embedder", "normalize"),
+                 ("counts", "passages"), ("index", "factory")):
+        node = meta
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is None:
+            raise OpenbookError(f"--index {path}: {META_FILE} has no {'.'.join(keys)!r} (it was "
+                                "edited or damaged); rebuild the index")
     return meta
 
 
@@ -332,6 +357,8 @@ class IndexStore:
         Only the row groups that hold the ids are read, so memory does not
         grow with the corpus.
         """
+        import pyarrow as pa
+
         ids = [int(i) for i in ids]
         wanted = sorted({i for i in ids if i >= 0})
         rows: dict[int, dict] = {}
@@ -345,7 +372,13 @@ class IndexStore:
             g = bisect.bisect_right(starts, i) - 1
             by_group.setdefault(g, []).append(i)
         for g, members in by_group.items():
-            table = pf.read_row_group(g, columns=list(PASSAGE_COLUMNS))
+            try:
+                table = pf.read_row_group(g, columns=list(PASSAGE_COLUMNS))
+            except (OSError, ValueError, pa.ArrowException) as e:
+                raise OpenbookError(
+                    f"--index {self.path}: {PASSAGES_FILE} is damaged (row group {g}: "
+                    f"{_one_line(e)}); rebuild the index (--verify-index full checks every "
+                    "file before any work)") from e
             local = [i - starts[g] for i in members]
             sub = table.take(local).to_pylist()
             rows.update(zip(members, sub))
@@ -362,6 +395,17 @@ class IndexStore:
         return self._starts
 
 
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """A library error as a short line (faiss's "Error in <signature> at <file>:<line>: " dropped)."""
+    import re
+
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", " ".join(str(e).split()))
+    return (text[:limit] + ("..." if len(text) > limit else "")) or type(e).__name__
+
+
+VERIFY_MODES = ("none", "size", "full")
+
+
 def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
                embedder: str | None = None) -> IndexStore:
     """Open an index directory after checking its ``meta.json``.
@@ -373,8 +417,11 @@ def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
             an index built with another one is refused.
     """
     import faiss
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
     path = Path(path)
     meta = read_meta(path)
     if embedder is not None and meta["embedder"]["name"] != embedder:
@@ -392,11 +439,21 @@ def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
         if verify == "full" and sha256_file(p) != rec["sha256"]:
             raise OpenbookError(f"--index {path}: {name} fails its sha256 check: the file is "
                                 "damaged; rebuild the index")
+    damaged = ("the file is damaged or was not written completely; rebuild the index "
+               "(--verify-index full checks every byte)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    index = faiss.read_index(str(path / INDEX_FILE), flags)
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE), flags)
+    except RuntimeError as e:  # faiss reports unreadable files as RuntimeError
+        raise OpenbookError(f"--index {path}: cannot read {INDEX_FILE} ({_one_line(e)}): "
+                            f"{damaged}") from e
     faiss_index.set_nprobe(index, meta["index"].get("nprobe"))
     index = faiss_index.for_search(index)
-    passages = pq.ParquetFile(path / PASSAGES_FILE, memory_map=mmap)
+    try:
+        passages = pq.ParquetFile(path / PASSAGES_FILE, memory_map=mmap)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise OpenbookError(f"--index {path}: cannot read {PASSAGES_FILE} ({_one_line(e)}): "
+                            f"{damaged}") from e
     n_pass = passages.metadata.num_rows
     if index.ntotal != n_pass or index.ntotal != meta["counts"]["passages"]:
         raise IndexMismatchError(

@@ -163,13 +163,17 @@ def test_hybrid_no_duplicates_at_most_top_k(store, embedder):
         assert ctx.scores[0] <= 2 / 61 + 1e-9
 
 
-def test_auto_is_hybrid_with_bm25_dense_without(store):
-    assert RetrievalConfig().resolved(store.meta).retriever == "hybrid"
+def test_config_defaults_and_checks(store):
+    assert RetrievalConfig().retriever == "dense" and RetrievalConfig().per_option is False
+    assert RetrievalConfig(retriever="hybrid").resolved(store.meta).retriever == "hybrid"
     meta = {k: v for k, v in store.meta.items() if k != "bm25"}
     assert RetrievalConfig().resolved(meta).retriever == "dense"
-    assert RetrievalConfig(retriever="dense").resolved(store.meta).retriever == "dense"
+    with pytest.raises(Bm25MissingError, match="--retriever hybrid"):
+        RetrievalConfig(retriever="hybrid").resolved(meta, "index/x")
     with pytest.raises(Exception, match="--per-option-queries"):
         RetrievalConfig(query="prompt", per_option=True)
+    with pytest.raises(Exception, match="--retriever"):
+        RetrievalConfig(retriever="sparse")
 
 
 def test_per_option_queries_batched_and_fused(store, embedder, monkeypatch):
@@ -224,11 +228,11 @@ def test_predict_retriever_bm25_recorded_in_report(index, tmp_path):
     assert all(len(q["passages"]) == 2 for q in report["per_question"])
     assert report["per_question"][0]["passages"][0] == "zorb:0"
     res = run_cli("predict", qs, "--index", index, "--out", out, "--overwrite",
-                  "--per-option-queries", "--no-progress")
+                  "--retriever", "hybrid", "--per-option-queries", "--no-progress")
     assert res.returncode == 0, res.stderr
     report = json.loads(out.with_name("s.report.json").read_text())
-    assert report["retrieval"]["retriever"] == "hybrid"  # auto, index has BM25
-    assert report["retrieval"]["per_option"] is True
+    assert report["retrieval"]["retriever"] == "hybrid"
+    assert report["retrieval"]["per_option"] is True and report["retrieval"]["rrf_k"] == 60
 
 
 def test_no_bm25_build_then_add_bm25_stage(corpus, tmp_path):
@@ -260,3 +264,25 @@ def test_no_bm25_build_then_add_bm25_stage(corpus, tmp_path):
     store = load_index(idx)
     ctx = retrieve([q], store, None, RetrievalConfig(top_k=1, retriever="bm25"), progress=False)
     assert _doc(store, ctx[0]) == ["zorb"]
+
+
+def test_bm25_stage_respects_the_build_lock(index, monkeypatch):
+    import os
+
+    from pipeline import bm25 as bm25_mod
+    from pipeline.store import BuildLock
+
+    lock = BuildLock(index)
+    lock.acquire()  # held by this process, as build_index holds it around add_bm25
+    try:
+        bm25_mod.add_bm25(index, progress=False)
+        assert lock.path.exists() and lock.path.read_text() == str(os.getpid())
+    finally:
+        lock.release()
+    assert not lock.path.exists()
+    lock.path.write_text(str(os.getppid()))  # another live builder (our parent process)
+    try:
+        with pytest.raises(Exception, match="another process"):
+            bm25_mod.add_bm25(index, progress=False)
+    finally:
+        lock.path.unlink()
