@@ -158,10 +158,18 @@ def _env() -> dict:
 
 
 def popen_cli(module: str, *args) -> subprocess.Popen:
-    """Start ``python -m pipeline.<module>`` without waiting (its pid is the builder's pid)."""
+    """Start ``python -m pipeline.<module>`` without waiting (its pid is the builder's pid).
+
+    SIGINT is reset to its default in the child: a shell's background job (as CI
+    may run us) inherits SIGINT *ignored*, and Python then never raises
+    KeyboardInterrupt, which is what a user's Ctrl-C delivers."""
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
 
 
 def run_cli_file_limit(module: str, *args, max_file_bytes: int) -> subprocess.CompletedProcess:
