@@ -210,6 +210,10 @@ class MultipleChoiceReader:
             raise ReaderError(f"{name}: cannot load a multiple-choice reader ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}). Fix: {_FIX}") from e
 
+        from .pooling import use_mean_pooling, wants_mean_pooling
+
+        if wants_mean_pooling(model.config):  # trained by pipeline.train with --pooling mean
+            use_mean_pooling(model)
         missing = list((info or {}).get("missing_keys") or [])
         if missing:
             log.warning("%s: %d weights were not in the checkpoint and are random (%s); "

@@ -1,0 +1,131 @@
+"""``python -m pipeline.train``: fine-tune a multiple-choice reader for ``predict --reader``.
+
+A thin CLI over :func:`pipeline.training.train`; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from .cli import run, setup_logging
+from .errors import OpenbookError
+from .retrieval import QUERY_MODES
+from .training import LAST_DIR, TrainConfig, resume_config, train
+
+EXAMPLES = """\
+examples:
+  # gold contexts from the CSVs' 'context' column, MiniLM backbone, MAP@3 on a held-out CSV
+  python -m pipeline.train train.csv --use-context-column --valid valid.csv --out readers/minilm
+
+  # contexts retrieved from an index, exactly as predict does; predict then reads the settings
+  python -m pipeline.train train.csv --index index/enwiki --contexts-train 3 --contexts-infer 5 \\
+      --model models/deberta-v3-base --max-length 384 --out readers/deberta
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/deberta
+
+  # continue an interrupted run (same arguments plus --resume)
+  python -m pipeline.train train.csv --index index/enwiki --out readers/deberta --resume
+
+  # a quick smoke run
+  python -m pipeline.train train.csv --use-context-column --out /tmp/r --max-steps 20 --overwrite
+"""
+
+D = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.train", argument_default=argparse.SUPPRESS,
+        description="Fine-tune an AutoModelForMultipleChoice reader on labelled questions "
+                    "(id,prompt,A..E,answer[,context]). OUT holds the best checkpoint "
+                    "(safetensors + openbook_reader.json), log.jsonl and last/ for --resume.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("train", metavar="TRAIN.csv", help="labelled questions to train on")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained reader")
+    p.add_argument("--valid", metavar="VALID.csv", help="labelled questions: MAP@3 every epoch; "
+                   "the best checkpoint is kept (default: the last)")
+    p.add_argument("--model", metavar="NAME_OR_PATH",
+                   help="AutoModelForMultipleChoice folder or hub name, or the alias minilm/mpnet "
+                        "(default: the all-MiniLM-L6-v2 folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last/")
+    c = p.add_argument_group("contexts")
+    c.add_argument("--index", metavar="DIR", help="index to retrieve contexts from, as predict")
+    c.add_argument("--use-context-column", action="store_true",
+                   help="use the CSVs' 'context' column instead of retrieval")
+    c.add_argument("--contexts-train", type=int, metavar="K",
+                   help=f"passages per training question (default {D['contexts_train']})")
+    c.add_argument("--contexts-infer", type=int, metavar="K",
+                   help=f"passages for validation, saved as predict's default top-k "
+                        f"(default {D['contexts_infer']})")
+    c.add_argument("--query", choices=QUERY_MODES, help=f"default {D['query']}")
+    c.add_argument("--embedder", metavar="NAME_OR_PATH",
+                   help="where the index's embedder is, if not where it was at build time")
+    t = p.add_argument_group("training")
+    for flag, typ, help_ in [
+            ("--max-length", int, "tokens per [context, prompt, option]"),
+            ("--epochs", int, "passes over TRAIN.csv"),
+            ("--batch-size", int, "questions per micro-batch"),
+            ("--grad-accum", int, "micro-batches per optimizer step"),
+
+            ("--head-lr", float, "learning rate of the new head (classifier + pooler)"),
+            ("--weight-decay", float, "AdamW weight decay (not on biases and LayerNorm)"),
+            ("--warmup", float, "linear warmup, as a fraction of all steps"),
+            ("--max-grad-norm", float, "gradient clipping"),
+            ("--freeze-layers", int, "freeze the first N encoder layers"),
+            ("--seed", int, "seed of data order, option shuffling and dropout"),
+            ("--max-steps", int, "stop after N optimizer steps (overrides --epochs)"),
+            ("--eval-every", int, "also validate every N steps"),
+            ("--save-every", int, "also save last/ every N steps (always every epoch)"),
+            ("--log-every", int, "write the mean loss to log.jsonl every N steps"),
+            ("--eval-batch-size", int, "questions per validation forward pass")]:
+        name = flag[2:].replace("-", "_")
+        t.add_argument(flag, type=typ, help=f"{help_} (default {D[name]})")
+    t.add_argument("--lr", type=float, help="backbone learning rate (default: 1e-4 for small "
+                   "backbones, hidden size <= 512 such as MiniLM; 2e-5 for base/large ones)")
+    t.add_argument("--schedule", choices=("cosine", "linear"), help="decay after warmup "
+                   f"(default {D['schedule']})")
+    t.add_argument("--pooling", choices=("auto", "cls", "mean", "mean-question"),
+                   help="what the head reads: cls (the model's own pooler), mean (of all tokens) "
+                        "or mean-question (of the prompt + option tokens). auto (default): "
+                        "mean-question for sentence-transformers checkpoints (MiniLM, MPNet), "
+                        "else cls")
+    t.add_argument("--pooler-init", choices=("auto", "identity", "keep"),
+                   help="auto (default): identity pooler when the checkpoint's is missing or "
+                        "untrained (sentence-transformers models)")
+    t.add_argument("--freeze-embeddings", action="store_true", help="do not train the embeddings")
+    t.add_argument("--no-shuffle-options", dest="shuffle_options", action="store_false",
+                   help="keep the options in file order (default: a random order every epoch)")
+    t.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="autocast dtype on CUDA (default auto: bf16/fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    given = vars(parser().parse_args(argv))
+    setup_logging(given.pop("verbose", False))
+    if given.get("resume"):
+        state = Path(given["out"]) / LAST_DIR / "trainer_state.json"
+        if not state.is_file():
+            raise OpenbookError(f"--resume: {state.parent} holds no checkpoint to resume; "
+                                "drop --resume to start a new run")
+        cfg = resume_config(json.loads(state.read_text(encoding="utf-8"))["config"], given)
+    else:
+        cfg = TrainConfig(**given)
+    res = train(cfg)
+    sys.stdout.write(f"trained {res.step} steps; reader in {res.out}\n")
+    if res.best and "map@3" in res.best:
+        sys.stdout.write(f"best valid MAP@3 = {res.best['map@3']:.4f} "
+                         f"(accuracy@1 = {res.best['accuracy@1']:.4f}) at step {res.best['step']}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
