@@ -3,11 +3,11 @@
 Sentence-transformers checkpoints (all-MiniLM-L6-v2, all-mpnet-base-v2) were
 trained to mean-pool their token states; their CLS state and pooler were never
 trained. :func:`use_mean_pooling` makes the model's own pooler (dense +
-activation) read the attention-masked mean of the token states instead of the
-first token's. No module is replaced, so parameter names stay those of the
-stock class: the model saves with ``save_pretrained`` and loads with
-``AutoModelForMultipleChoice``; ``config.openbook_pooling = "mean"`` (saved in
-``config.json``) tells :class:`pipeline.reader.MultipleChoiceReader` to call
+activation) read an attention-masked mean of the token states (all of them, or
+only the prompt + option ones) instead of the first token's. No module is
+replaced, so parameter names stay those of the stock class: the model saves with
+``save_pretrained`` and loads with ``AutoModelForMultipleChoice``;
+``config.openbook_pooling`` (saved in ``config.json``) tells :class:`pipeline.reader.MultipleChoiceReader` to call
 :func:`use_mean_pooling` again after loading.
 
 >>> from transformers import BertConfig, BertForMultipleChoice

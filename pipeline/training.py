@@ -23,7 +23,7 @@ Example::
     >>> cfg = TrainConfig(train="train.csv", out="readers/minilm", use_context_column=True,
     ...                   valid="valid.csv", epochs=2)                      # doctest: +SKIP
     >>> train(cfg).best                                                    # doctest: +SKIP
-    {'step': 598, 'epoch': 2, 'map@3': 0.71, 'accuracy@1': 0.6}
+    {'step': ..., 'epoch': ..., 'map@3': ..., 'accuracy@1': ...}
 """
 
 from __future__ import annotations
@@ -259,10 +259,12 @@ def load_model(name_or_path: str, pooling: str = "auto", pooler_init: str = "aut
     Sentence-transformers checkpoints (all-MiniLM-L6-v2, all-mpnet-base-v2) were
     trained with mean pooling: their CLS state and pooler were never trained (the
     pooler is missing or an untouched init, bias exactly 0), and a multiple-choice
-    head on them sits at loss ln 5. ``pooling="auto"`` mean-pools such checkpoints
-    (:mod:`pipeline.pooling`; a checkpoint already trained that way keeps it), and
-    ``pooler_init="auto"`` makes a missing or untrained pooler dense the identity
-    (``W = I, b = 0``) so it passes the pooled state through instead of noise.
+    head on them sits at loss ln 5. ``pooling="auto"`` gives such checkpoints the
+    mean of the prompt + option token states (``mean-question``, :mod:`pipeline.pooling`;
+    a mean over all tokens drowns the option in the shared context at 256 tokens);
+    a checkpoint already trained with mean pooling keeps its mode. ``pooler_init="auto"``
+    makes a missing or untrained pooler dense the identity (``W = I, b = 0``) so it
+    passes the pooled state through instead of noise.
     """
     from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
