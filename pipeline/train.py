@@ -15,6 +15,7 @@ from typing import Sequence
 from .cli import run, setup_logging
 from .errors import OpenbookError
 from .retrieval import QUERY_MODES
+from .stacking import CONTEXT_FEATURES
 from .training import LAST_DIR, TrainConfig, resume_config, train
 
 EXAMPLES = """\
@@ -103,6 +104,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
                    help="autocast dtype on CUDA (default auto: bf16/fp16 on CUDA, fp32 on CPU)")
+    k = p.add_argument_group("stacker (see pipeline.stacking)")
+    k.add_argument("--no-stack", dest="stack", action="store_false",
+                   help="do not fit the stacker that combines the reader with cheap evidence "
+                        "(default: fitted on --valid at the end and saved as openbook_stack.json)")
+    k.add_argument("--stack-features", type=lambda v: tuple(x for x in v.split(",") if x),
+                   metavar="F1,F2,...", help="evidence combined with the reader (default "
+                   f"{','.join(D['stack_features'])}; choose from {','.join(CONTEXT_FEATURES)})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

@@ -45,6 +45,7 @@ from .errors import OpenbookError
 from .metrics import accuracy_at_1, map_at_3, rank_letters
 from .questions import LETTERS, Question, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
+from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ POOLINGS = ("auto", "cls", "mean", "mean-question")
 AUTO_MEAN = "mean-question"
 #: Fields that only steer a run (may differ on --resume); all others are the recipe.
 RUN_FIELDS = frozenset({"epochs", "max_steps", "eval_every", "save_every", "log_every", "device",
-                        "eval_batch_size", "overwrite", "resume", "progress"})
+                        "eval_batch_size", "overwrite", "resume", "progress", "stack",
+                        "stack_features"})
 
 
 @dataclass
@@ -97,6 +99,8 @@ class TrainConfig:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    stack: bool = True                  # fit a stacker (pipeline.stacking) on --valid at the end
+    stack_features: tuple = ("lexical", "coverage", "dense", "length", "consensus")
 
     def __post_init__(self) -> None:
         checks = [(self.schedule in ("cosine", "linear"), "--schedule must be cosine or linear"),
@@ -113,7 +117,9 @@ class TrainConfig:
                   (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
                   (self.freeze_layers >= 0, "--freeze-layers must be >= 0"),
                   (self.log_every >= 1, "--log-every must be >= 1"),
-                  (self.lr is None or self.lr > 0, "--lr must be > 0")]
+                  (self.lr is None or self.lr > 0, "--lr must be > 0"),
+                  (set(self.stack_features) <= set(CONTEXT_FEATURES),
+                   f"--stack-features: choose from {', '.join(CONTEXT_FEATURES)}")]
         for ok, msg in checks:
             if not ok:
                 raise OpenbookError(msg)
@@ -392,6 +398,7 @@ def save_reader(out: Path, model, tokenizer, meta: dict) -> None:
         model.save_pretrained(d)  # safetensors (the only format transformers 5 writes)
         tokenizer.save_pretrained(d)
         write_json(d / READER_CONFIG, meta)
+    (out / STACK_FILE).unlink(missing_ok=True)  # fitted to the old weights: refit at the end
     tmp = out / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -562,5 +569,52 @@ def train(cfg: TrainConfig) -> TrainResult:
             if (cfg.save_every and step % cfg.save_every == 0) or epoch_end or step == total:
                 checkpoint()
     bar.close()
+    if cfg.stack and "valid" in splits:
+        fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)
     log.info("done: %d steps; best %s; reader in %s", step, best, out)
     return TrainResult(out=out, step=step, best=best, history=history)
+
+
+# ---------------------------------------------------------------- stacker
+def stack_embedder(cfg: TrainConfig, device: str):
+    """The embedder for the stacker's dense/consensus features: the index's (as predict)."""
+    from .embedding import Embedder
+
+    if cfg.index:
+        from .answering import open_embedder
+        from .store import load_index
+
+        return open_embedder(load_index(cfg.index), cfg.embedder, device)
+    return Embedder(cfg.embedder or "minilm", device=device)
+
+
+def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: Sequence[str],
+                device: str) -> Stacker:
+    """Fit :class:`pipeline.stacking.Stacker` on the validation questions with the best
+    reader's log-probabilities plus ``cfg.stack_features``; save ``OUT/openbook_stack.json``.
+
+    The validation MAP@3 it logs is in-sample for the stacker (its few weights were fitted
+    there): judge it on questions neither stage saw, as ``benchmarks/quality.py`` does."""
+    reader = MultipleChoiceReader.from_pretrained(str(out), device=device,
+                                                  batch_size=cfg.eval_batch_size)
+    prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
+    logp = np.log(np.clip(reader.probabilities(prompts, options, contexts, [q.row for q in qs],
+                                               progress=cfg.progress), 1e-12, None))
+    del reader
+    embedder = stack_embedder(cfg, device) \
+        if {"dense", "consensus"} & set(cfg.stack_features) else None
+    feats = {"reader": logp, **context_features(cfg.stack_features, prompts, options, contexts,
+                                                embedder, progress=cfg.progress)}
+    answers = np.array([LETTERS.index(q.answer) for q in qs])
+    stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features])
+    letters = [q.answer for q in qs]
+    before = map_at_3(rank_letters(logp), letters)
+    after = map_at_3(rank_letters(stacker.score(feats)), letters)
+    stacker.info.update({"fitted_on": str(cfg.valid), "embedder": embedder.name if embedder else None,
+                         "valid_map@3_reader": round(before, 5),
+                         "valid_map@3_stacked_in_sample": round(after, 5)})
+    stacker.save(out)
+    log.info("stacker on %d valid questions: MAP@3 %.4f (reader alone) -> %.4f (stacked, "
+             "in-sample); weights %s; saved %s", len(qs), before, after,
+             dict(zip(stacker.features, stacker.weights)), out / STACK_FILE)
+    return stacker

@@ -82,6 +82,11 @@ def test_train_context_column_then_predict_uses_saved_settings(
     log = _log(out)
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and "lr" in r and "head_lr" in r for r in log if "loss" in r)
+    stack = json.loads((out / "openbook_stack.json").read_text())  # fitted on --valid
+    assert stack["features"] == ["reader", "lexical", "coverage", "dense", "length", "consensus"]
+    assert len(stack["weights"]) == 6 and all(np.isfinite(stack["weights"]))
+    assert stack["info"]["n_questions"] == 20
+    assert stack["info"]["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
 
     sub = tmp_path / "sub.csv"
     res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
@@ -90,6 +95,7 @@ def test_train_context_column_then_predict_uses_saved_settings(
     report = json.loads(sub.with_name("sub.report.json").read_text())
     assert report["retrieval"]["top_k"] == 2 and report["retrieval"]["query"] == "prompt"
     assert report["scorers"][0]["max_length"] == 64
+    assert set(report["scorers"][0]["stacker"]["features"]) == set(stack["features"])
     assert all(len(q["passages"]) == 2 for q in report["per_question"])
     # an explicit flag still wins over the reader's saved settings
     res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
@@ -285,3 +291,35 @@ def test_mean_question_pooling_reads_only_prompt_and_option():
     model(input_ids=ids, attention_mask=mask)
     want = hidden["h"][0, 3:8].mean(0)
     assert torch.allclose(seen["x"][0, 0], want, atol=1e-6)
+
+
+def test_stacker_changes_predictions_and_no_stack(tiny_bert, train_csv, tiny_index, easy_questions,
+                                                  tmp_path):
+    """A stacker that trusts only option length makes predict rank by length; --no-stack
+    leaves no stacker behind."""
+    from pipeline.questions import load_questions
+    from pipeline.stacking import Stacker
+
+    out = tmp_path / "reader"
+    res = run_cli("train", train_csv, "--use-context-column", "--model", tiny_bert,
+                  "--valid", train_csv, "--out", out, "--max-steps", "1", "--max-length", "64",
+                  "--no-stack", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert not (out / "openbook_stack.json").exists()
+    Stacker(["reader", "length"], [0.0, 1.0]).save(out)
+    sub = tmp_path / "sub.csv"
+    res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
+                  "--out", sub, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    qs = load_questions(easy_questions)
+    rows = sub.read_text().splitlines()[1:]
+    for q, row in zip(qs, rows):
+        longest = "ABCDE"[int(np.argmax([len(o) for o in q.options]))]
+        assert row.split(",")[1].split()[0] == longest, (q.options, row)
+    (out / "openbook_stack.json").write_text("{broken")
+    res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
+                  "--out", sub, "--overwrite", "--no-progress")
+    assert res.returncode == 2 and "openbook_stack.json" in res.stderr
+    res = run_cli("train", train_csv, "--use-context-column", "--model", tiny_bert,
+                  "--out", tmp_path / "r2", "--stack-features", "lexical,tarot", "--no-progress")
+    assert res.returncode == 2 and "--stack-features" in res.stderr
