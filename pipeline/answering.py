@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from .metrics import accuracy_at_1, map_at_3, rank_letters
 from .questions import LETTERS, Question, has_answers, load_questions
 from .retrieval import Contexts, RetrievalConfig, retrieve
 from .store import IndexStore, load_index
+from .budget import TimeBudget, now as budget_now
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class PredictConfig:
     overwrite: bool = False
     progress: bool = True
     verify_index: str = "size"  # none | size (file sizes) | full (sha256 of every file)
+    time_budget: float | None = None  # seconds; see pipeline.budget (fewer contexts, never overrun)
 
     @property
     def report_path(self) -> Path:
@@ -181,17 +184,59 @@ def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: S
         log.info("no --reader given: using the %s", scorer.name)
         return scorer.score(prompts, options, ctx, rows, progress=cfg.progress), \
             scorer.name, [scorer.describe()]
-    from .reader import MultipleChoiceReader
+
+    from .stacking import Stacker, context_features
 
     probs, described = [], []
+    evidence: dict[str, np.ndarray] = {}  # stacker features, computed once for all readers
     for name in cfg.readers:
-        reader = MultipleChoiceReader.from_pretrained(
-            name, device=cfg.device, max_length=cfg.max_length, batch_size=cfg.batch_size)
-        probs.append(reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress))
-        described.append({"type": "reader", "name": name, "max_length": reader.max_length})
+        reader = _load_reader(name, _stamp(name), cfg.device, cfg.max_length, cfg.batch_size)
+        p = reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress)
+        info = {"type": "reader", "name": name, "max_length": reader.max_length}
+        stacker = Stacker.load(name)
+        if stacker is not None:
+            want = [f for f in stacker.features if f != "reader" and f not in evidence]
+            evidence.update(context_features(want, prompts, options, ctx, embedder,
+                                             progress=cfg.progress))
+            fitted_with = stacker.info.get("embedder")
+            if fitted_with and fitted_with != embedder.name and \
+                    {"dense", "consensus"} & set(stacker.features):
+                log.warning("the stacker of %s was fitted with embedder %s, this index uses %s: "
+                            "its dense/consensus features may be off", name, fitted_with,
+                            embedder.name)
+            p = _softmax(stacker.score({"reader": np.log(np.clip(p, 1e-12, None)), **evidence}))
+            info["stacker"] = stacker.describe()
+            log.info("%s: reader combined with %s", name,
+                     ", ".join(f for f in stacker.features if f != "reader"))
+        probs.append(p)
+        described.append(info)
     label = "reader " + " + ".join(cfg.readers) if len(cfg.readers) == 1 else \
         f"ensemble of {len(cfg.readers)} readers (mean probability)"
     return np.mean(probs, axis=0), label, described
+
+
+def _stamp(name: str) -> tuple:
+    """Modification times of a reader folder's files: a retrained reader is loaded afresh."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | None,
+                 batch_size: int):
+    """A reader loaded once per process and folder state (``--time-budget`` scores chunk by
+    chunk)."""
+    from .reader import MultipleChoiceReader
+
+    return MultipleChoiceReader.from_pretrained(name, device=device, max_length=max_length,
+                                                batch_size=batch_size)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
@@ -220,6 +265,7 @@ def reader_retrieval(cfg: PredictConfig) -> RetrievalConfig:
 def predict(cfg: PredictConfig) -> PredictResult:
     """Answer ``cfg.questions``; write the submission and the report."""
     t0 = time.perf_counter()
+    budget_start = budget_now()
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
     check_writable(cfg.report_path, True, "--report")
@@ -232,8 +278,20 @@ def predict(cfg: PredictConfig) -> PredictResult:
 
         store._bm25 = load_bm25(store.path, store.meta, verify="full")  # what bm25_for caches
     embedder = open_embedder(store, cfg.embedder, cfg.device)
-    contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
-    scores, scorer, described = score_options(cfg, questions, contexts, embedder)
+    guard = None
+    if cfg.time_budget is None:
+        contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
+        scores, scorer, described = score_options(cfg, questions, contexts, embedder)
+    else:  # chunk by chunk, with fewer contexts (or a cheaper scorer) if time runs short
+        def answer(qs, top_k, zero_shot):
+            ctx = retrieve(qs, store, embedder, replace(retrieval, top_k=top_k), progress=False)
+            sub = replace(cfg, readers=[] if zero_shot else cfg.readers, progress=False)
+            return (ctx, *score_options(sub, qs, ctx, embedder))
+
+        guard = TimeBudget(cfg.time_budget, len(questions), top_k=retrieval.top_k,
+                           has_readers=bool(cfg.readers), batch_size=cfg.batch_size,
+                           start=budget_start)
+        contexts, scores, scorer, described = guard.run(questions, answer, progress=cfg.progress)
     rankings = rank_letters(scores)
     ids = [q.id for q in questions]
     result = PredictResult(ids=ids, rankings=rankings, scores=scores, contexts=contexts,
@@ -249,6 +307,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,
         "n_questions": len(questions), "seconds": round(result.seconds, 2),
         "map@3": result.map3, "accuracy@1": result.accuracy,
+        "time_budget": guard.report() if guard else None,
         "per_question": [
             {"id": q.id, "ranking": "".join(r), "answer": q.answer,
              "scores": {LETTERS[k]: round(float(s), 5) for k, s in enumerate(sc)},

@@ -10,7 +10,9 @@ import sys
 from typing import Sequence
 
 from .answering import PredictConfig, predict
+from .budget import parse_duration
 from .cli import run, setup_logging
+from .errors import OpenbookError
 from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
 from .store import VERIFY_MODES
 
@@ -27,9 +29,19 @@ examples:
   python -m pipeline.predict test.csv --index index/demo --retriever bm25
   python -m pipeline.predict test.csv --index index/demo --retriever hybrid --per-option-queries
 
+  # a Kaggle-style run that must end within 9 hours: contexts are cut if it would not
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --time-budget 8.5h
+
   # an ensemble: probabilities of several readers averaged
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --reader readers/b
 """
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text, "--time-budget")
+    except OpenbookError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--time-budget ")) from e
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
     m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="finish within this time (such as 8.5h, 90m, 600s), counted from the "
+                        "start: throughput is measured on the first questions and, if the "
+                        "projected total exceeds the budget, fewer passages are used (top-k "
+                        "halved down to 1, then the zero-shot baseline, then option length for "
+                        "whatever is left); the report's 'time_budget' says what was done")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -89,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   retriever=args.retriever,
                                   per_option=args.per_option_queries),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
-        overwrite=args.overwrite, progress=not args.no_progress, verify_index=args.verify_index)
+        overwrite=args.overwrite, progress=not args.no_progress, verify_index=args.verify_index,
+        time_budget=args.time_budget)
     res = predict(cfg)
     sys.stdout.write(f"wrote {cfg.out} ({len(res.ids)} questions, scorer: {res.scorer})\n")
     if res.map3 is not None:
