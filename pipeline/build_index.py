@@ -13,7 +13,7 @@ from .build import BuildConfig, build_index
 from .chunking import ChunkConfig
 from .cli import run, setup_logging
 from .corpus import FORMATS
-from .embedding import DEFAULT_EMBEDDER
+from .embedding import BACKENDS, DEFAULT_EMBEDDER, QUANTIZE
 from .faiss_index import INDEX_TYPES
 
 EXAMPLES = """\
@@ -27,6 +27,15 @@ examples:
   # a parquet of documents with other column names, a bigger embedder, IVF-PQ
   python -m pipeline.build_index --corpus stem_270k.parquet --title-column page_title \\
       --text-column body --embedder models/all-mpnet-base-v2 --index-type ivfpq --out index/stem
+
+  # all of English Wikipedia in a 4 GB index (OPQ+IVF+PQ), resumable: rerun the same
+  # command after a crash and it continues after the last finished shard
+  python -m pipeline.build_index --corpus enwiki-latest-pages-articles.xml.bz2 \
+      --max-index-memory 4G --no-bm25 --out index/enwiki
+
+  # the same on a Ray cluster (pip install '.[distributed]'; --out on a shared filesystem)
+  python -m pipeline.build_index --corpus enwiki.parquet --engine ray --ray-address auto \
+      --max-index-memory 4G --out /shared/index/enwiki
 
   # try the flags on the first 1,000 documents
   python -m pipeline.build_index --corpus wiki.jsonl --limit 1000 --out index/try --overwrite
@@ -62,18 +71,41 @@ def parser() -> argparse.ArgumentParser:
                                             "consecutive passages (default: %(default)s)")
     emb.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     emb.add_argument("--batch-size", type=int, default=None,
-                     help="texts per embedding batch (default: 64 on CPU, 256 on GPU)")
+                     help="texts per embedding batch (default: 64 on CPU, 32 with onnx/openvino, "
+                          "256 on GPU)")
+    emb.add_argument("--backend", choices=BACKENDS, default="torch",
+                     help="embedding runtime: torch (CPU fp32, GPU fp16), or on CPU onnx (ONNX "
+                          "Runtime) / openvino (bf16 on CPUs with AMX), the model exported once, "
+                          "offline, under $OPENBOOK_MODELS/exported (pip install '.[onnx]' or "
+                          "'.[openvino]'; default: %(default)s)")
+    emb.add_argument("--quantize", choices=QUANTIZE, default="none",
+                     help="int8: int8 weights (onnx/openvino only), faster, vectors differ "
+                          "slightly from fp32 (see README, throughput) (default: %(default)s)")
     idx = p.add_argument_group("index")
     idx.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                      help="flat = exact; ivfpq = compressed; auto = flat up to 500k passages "
                           "(default: %(default)s)")
     idx.add_argument("--nlist", type=int, default=None, help="IVF lists (default: ~4*sqrt(passages))")
     idx.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
+    idx.add_argument("--max-index-memory", default=None, metavar="SIZE",
+                     help="memory budget of the index, e.g. 4G: exact (flat) if it fits, else "
+                          "OPQ+IVF+PQ sized to fit (autofaiss's rules); the choice and its "
+                          "parameters go to meta.json; refused up front if nothing fits")
     idx.add_argument("--keep-vectors", action="store_true",
                      help="keep the raw float32 vectors (vectors.f32) beside the index")
     idx.add_argument("--no-bm25", action="store_true",
                      help="skip the BM25 index (DIR/bm25/) used by --retriever bm25|hybrid; add it "
                           "later with `python -m pipeline.bm25 --index DIR`")
+    big = p.add_argument_group("scale")
+    big.add_argument("--shard-size", type=int, default=BuildConfig.shard_size, metavar="N",
+                     help="passages per checkpointed shard: a killed build rerun with the same "
+                          "flags resumes after its last finished shard (default: %(default)s)")
+    big.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="ray = chunk+embed shards with Ray Data across a cluster (pip install "
+                          "'.[distributed]'; default: %(default)s)")
+    big.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, "
+                          "else a local Ray)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="index/demo", metavar="DIR",
                      help="index directory to write (default: %(default)s)")
@@ -95,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out, corpus=args.corpus, format=args.format, title_column=args.title_column,
         text_column=args.text_column, id_column=args.id_column, limit=args.limit,
         embedder=args.embedder, device=args.device, batch_size=args.batch_size, chunk=chunk,
+        backend=args.backend, quantize=args.quantize,
         index_type=args.index_type, nlist=args.nlist, nprobe=args.nprobe,
+        max_index_memory=args.max_index_memory, shard_size=args.shard_size, engine=args.engine,
+        ray_address=args.ray_address,
         overwrite=args.overwrite, keep_vectors=args.keep_vectors, bm25=not args.no_bm25,
         progress=not args.no_progress)
     meta = build_index(cfg)

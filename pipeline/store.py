@@ -36,6 +36,7 @@ import numpy as np
 
 from . import faiss_index
 from .errors import IndexMismatchError, OpenbookError
+from .shards import CHECKPOINT_FILE, ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -147,107 +148,125 @@ class BuildLock:
 
 
 class IndexWriter:
-    """Streams passages and vectors into ``.NAME.partial/``, then builds and publishes.
+    """Streams checkpointed shards into ``.NAME.partial/``, then builds the index and publishes.
 
-    Passages go to parquet row groups and vectors to a raw float32 file as they
-    arrive, so memory stays bounded; the FAISS index is built from the vector
-    file (memory-mapped) in :meth:`finish`.
+    Each :meth:`add` writes one shard (passages parquet + raw float32 vectors,
+    see :mod:`pipeline.shards`) and checkpoints it, so memory holds one shard
+    and a killed build resumes after its last shard. :meth:`finish` builds the
+    FAISS index from the shards (streamed block by block), concatenates the
+    passages, and renames the directory into place.
+
+    ``fingerprint``: what decides the passages (corpus, embedder, chunking,
+    shard size). With one, a ``.partial`` left by a killed build with the same
+    fingerprint is resumed (:attr:`resumed` is then true and :attr:`documents`
+    says how many corpus documents its shards hold); one with another
+    fingerprint is refused unless ``overwrite``. Without one, any leftover
+    ``.partial`` is discarded.
     """
 
     def __init__(self, out: str | Path, *, dim: int, overwrite: bool = False,
-                 lock: BuildLock | None = None):
+                 lock: BuildLock | None = None, fingerprint: dict | None = None):
         """``lock``: the build lock of ``out``, already held by the caller (who releases
         it); by default the writer takes it and releases it when published or aborted."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.out = Path(out)
         self._own_lock = lock is None
         self.lock = BuildLock(self.out) if lock is None else lock
         if self._own_lock:
             self.lock.acquire()
         self.partial = self.out.with_name(f".{self.out.name}.partial")
-        self._writer = self._vectors = None
+        self.dim = dim
+        self.resumed = False
         try:
             check_output_dir(self.out, overwrite)
-            if self.partial.exists():
-                shutil.rmtree(self.partial)  # left by a build that was killed
-            self.partial.mkdir(parents=True)
-            self.dim = dim
-            self.count = 0
-            self._schema = pa.schema([(c, pa.string()) for c in PASSAGE_COLUMNS])
-            self._writer = pq.ParquetWriter(self.partial / PASSAGES_FILE, self._schema,
-                                            compression="zstd")
-            self._vectors = open(self.partial / VECTORS_FILE, "wb")
-            self._pending: dict[str, list] = {c: [] for c in PASSAGE_COLUMNS}
-            write_json_atomic(self.partial / META_FILE, {"format_version": FORMAT_VERSION,
-                                                         "complete": False})
+            ck = ShardSet.read_checkpoint(self.partial) if fingerprint is not None else None
+            if ck is not None and ck["fingerprint"] == fingerprint and ck["dim"] == dim:
+                self.shards = ShardSet.resume(self.partial, ck)
+                self.resumed = True
+                log.info("resuming the unfinished build in %s: %d shards, %d passages, %d "
+                         "documents already done", self.partial, self.shards.shards,
+                         self.shards.count, self.shards.documents)
+            else:
+                if ck is not None and ck.get("shards") and not overwrite:
+                    raise OpenbookError(
+                        f"--out {self.out}: {self.partial} holds an unfinished build made with "
+                        f"other settings ({describe_difference(ck['fingerprint'], fingerprint)}); "
+                        "rerun with its settings to resume it, or pass --overwrite to discard "
+                        "it and start over")
+                if self.partial.exists():
+                    log.info("discarding the unfinished build in %s", self.partial)
+                    shutil.rmtree(self.partial)
+                self._fresh = True
+                self.partial.mkdir(parents=True)
+                write_json_atomic(self.partial / META_FILE, {"format_version": FORMAT_VERSION,
+                                                             "complete": False})
+                self.shards = ShardSet.create(self.partial, dim=dim, fingerprint=fingerprint)
         except BaseException:
-            self.abort()
+            if getattr(self, "_fresh", False):  # a partial this writer just started
+                shutil.rmtree(self.partial, ignore_errors=True)
+            if self._own_lock:
+                self.lock.release()
             raise
 
-    def add(self, passages: Sequence, vectors: np.ndarray) -> None:
-        """Append passages (with ``passage_id, doc_id, title, text``) and their vectors."""
-        if len(passages) != len(vectors) or (len(vectors) and vectors.shape[1] != self.dim):
-            raise ValueError(f"{len(passages)} passages vs vectors of shape {vectors.shape}")
-        for p in passages:
-            self._pending["passage_id"].append(p.passage_id)
-            self._pending["doc_id"].append(p.doc_id)
-            self._pending["doc_title"].append(p.title)
-            self._pending["text"].append(p.text)
-        self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-        self.count += len(passages)
-        while len(self._pending["text"]) >= ROW_GROUP:
-            self._flush(ROW_GROUP)
+    @property
+    def count(self) -> int:
+        return self.shards.count
 
-    def _flush(self, n: int | None = None) -> None:
-        import pyarrow as pa
+    @property
+    def documents(self) -> int:
+        return self.shards.documents
 
-        n = len(self._pending["text"]) if n is None else n
-        if n == 0:
-            return
-        batch = {c: v[:n] for c, v in self._pending.items()}
-        self._pending = {c: v[n:] for c, v in self._pending.items()}
-        self._writer.write_table(pa.table(batch, schema=self._schema), row_group_size=ROW_GROUP)
-
-    def vectors(self) -> np.ndarray:
-        """All vectors written so far, memory-mapped ``(count, dim)``."""
-        self._vectors.flush()
-        return np.memmap(self.partial / VECTORS_FILE, dtype=np.float32, mode="r",
-                         shape=(self.count, self.dim))
+    def add(self, passages: Sequence, vectors: np.ndarray, *, documents: int | None = None
+            ) -> None:
+        """Write passages (with ``passage_id, doc_id, title, text``) and their vectors as the
+        next shard, then checkpoint it; ``documents``: corpus documents consumed so far."""
+        self.shards.write(passages, vectors, documents=documents)
 
     def finish(self, meta: dict, spec: faiss_index.IndexSpec, *, keep_vectors: bool = False,
-               add_batch: int = 65536) -> dict:
-        """Build the FAISS index, write ``meta.json`` (complete) and move into place."""
-        import faiss
+               add_batch: int = 65536, progress: bool = False, add_ivf=None) -> dict:
+        """Build the FAISS index, write ``meta.json`` (complete) and move into place.
 
-        self._flush()
-        self._writer.close()
-        self._vectors.close()
-        if self.count == 0:
+        ``add_ivf(trained_index, shards) -> index``: how an IVF index gets the shards'
+        vectors (default: added here block by block; the Ray engine merges per-shard parts).
+        """
+        import faiss
+        from tqdm.auto import tqdm
+
+        s = self.shards
+        if s.count == 0:
             shutil.rmtree(self.partial, ignore_errors=True)
             raise OpenbookError("the corpus produced no passages (every document was empty or "
                                 "skipped); check --format and --text-column")
-        vecs = np.memmap(self.partial / VECTORS_FILE, dtype=np.float32, mode="r",
-                         shape=(self.count, self.dim))
-        index = faiss_index.make_index(spec, self.dim)
-        if not index.is_trained:
-            rng = np.random.default_rng(0)
-            n_train = min(self.count, spec.train_size or self.count)
-            rows = np.sort(rng.choice(self.count, size=n_train, replace=False))
-            faiss_index.train(index, np.asarray(vecs[rows]))
-        for start in range(0, self.count, add_batch):
-            index.add(np.ascontiguousarray(vecs[start:start + add_batch]))
-        faiss_index.set_nprobe(index, spec.nprobe)
-        # Through a Python file: faiss.write_index(index, path) only prints a failed
-        # write/close (disk full) and would leave a truncated faiss.index behind.
+        bar = tqdm(total=s.count, desc="add", unit="passage", disable=not progress,
+                   dynamic_ncols=True)
         with open(self.partial / INDEX_FILE, "wb") as f:
-            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+            if spec.type == "flat":  # streamed straight to disk: never the whole index in RAM
+                def blocks():
+                    for b in s.iter_vectors(add_batch):
+                        yield b
+                        bar.update(len(b))
+
+                faiss_index.write_flat_streaming(f, self.dim, s.count, blocks())
+            else:
+                sample = s.sample(spec.train_size or s.count)
+                if add_ivf is None:
+                    index = faiss_index.build_from_blocks(spec, self.dim, sample,
+                                                          s.iter_vectors(add_batch), bar.update)
+                else:
+                    index = faiss_index.build_from_blocks(spec, self.dim, sample, [])
+                    index = add_ivf(index, s)
+                    faiss_index.set_nprobe(index, spec.nprobe)
+                    bar.update(index.ntotal)
+                del sample
+                # Through a Python file: faiss.write_index(index, path) only prints a failed
+                # write/close (disk full) and would leave a truncated faiss.index behind.
+                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                del index
             f.flush()
             os.fsync(f.fileno())
-        del vecs
-        if not keep_vectors:
-            (self.partial / VECTORS_FILE).unlink()
+        bar.close()
+        s.write_passages(self.partial / PASSAGES_FILE)
+        if keep_vectors:
+            s.write_vectors(self.partial / VECTORS_FILE)
         files = {}
         for name in (INDEX_FILE, PASSAGES_FILE) + ((VECTORS_FILE,) if keep_vectors else ()):
             p = self.partial / name
@@ -262,8 +281,11 @@ class IndexWriter:
             "files": files,
             "versions": library_versions(),
         })
-        meta.setdefault("counts", {})["passages"] = self.count
+        meta.setdefault("counts", {})["passages"] = s.count
+        meta["counts"]["shards"] = s.shards
         write_json_atomic(self.partial / META_FILE, meta)
+        shutil.rmtree(s.folder)
+        (self.partial / CHECKPOINT_FILE).unlink(missing_ok=True)
         self._publish()
         return meta
 
@@ -279,17 +301,21 @@ class IndexWriter:
         if self._own_lock:
             self.lock.release()
 
-    def abort(self) -> None:
-        """Close files and remove the partial directory."""
-        for f in (self._writer, self._vectors):
-            try:
-                if f is not None:
-                    f.close()
-            except Exception:  # noqa: BLE001 - a failed close (disk full) must not stop clean-up
-                pass
-        shutil.rmtree(self.partial, ignore_errors=True)
+    def abort(self, *, remove: bool = True) -> None:
+        """Give up: remove the partial directory (``remove=False``: keep its finished shards,
+        so the same command resumes them; a build with no finished shard is removed anyway)."""
+        if remove or self.shards.count == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
         if self._own_lock:
             self.lock.release()
+
+
+def describe_difference(old: dict, new: dict | None) -> str:
+    """``"embedder: 'a' there, 'b' now; ..."`` for the keys where two fingerprints differ."""
+    new = new or {}
+    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(diffs[:3]) or "no fingerprint"
 
 
 def read_meta(path: str | Path) -> dict:

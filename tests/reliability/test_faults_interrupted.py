@@ -1,5 +1,9 @@
 """A build killed with SIGKILL mid-way: nothing published under ``--out``, its ``.partial``
-refused by ``predict``, and the next build takes over its stale lock and cleans up."""
+refused by ``predict``, and the next build takes over its stale lock and cleans up.
+
+A ``.partial`` with finished shards is resumed by the same command instead (and refused, to
+protect it, by a build with other settings unless ``--overwrite``): tests/test_resume.py.
+Here the kill comes before the first shard is done, so there is nothing to resume."""
 
 from __future__ import annotations
 
