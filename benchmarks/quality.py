@@ -1,0 +1,185 @@
+"""Answer quality, all measured in one run: baselines, trained readers, stacked readers, recall.
+
+On a held-out split of ``../shared/data`` (``benchmarks/shared_split.py``: the
+``test`` part is never trained on), with contexts retrieved from an index in
+which the questions' source passages sit among distractors
+(``benchmarks/haystack.py``: the 10,033 demo summaries), and on the demo
+questions (``data/sample_questions.csv`` against ``index/demo``), it prints
+MAP@3 / accuracy@1 / seconds per question of
+
+* the longest option (no context);
+* the zero-shot scorer (``predict`` without ``--reader``);
+* each ``--reader``: the reader alone, and the reader with its stacker
+  (``openbook_stack.json``, what ``predict --reader`` does);
+* a mean-probability ensemble of all readers (as ``predict --reader A --reader B``);
+
+and recall@1/3/5/10 of the source passage for the dense, BM25 and hybrid
+retrievers on the test split. Every scorer sees the same retrieved contexts.
+
+    python benchmarks/shared_split.py --out runs/split
+    python benchmarks/haystack.py --out runs/haystack.jsonl
+    python -m pipeline.build_index --corpus runs/haystack.jsonl --out index/haystack
+    python -m pipeline.train runs/split/train.csv --valid runs/split/valid.csv \\
+        --index index/haystack --out runs/readers/minilm ...
+    python benchmarks/quality.py --index index/haystack --test runs/split/test.csv \\
+        --readers runs/readers/minilm [runs/readers/mpnet] --json runs/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.answering import PredictConfig, open_embedder, reader_retrieval, score_options  # noqa: E402
+from pipeline.cli import setup_logging  # noqa: E402
+from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, recall_at_k  # noqa: E402
+from pipeline.questions import load_questions  # noqa: E402
+from pipeline.retrieval import RetrievalConfig, retrieve  # noqa: E402
+from pipeline.store import load_index  # noqa: E402
+
+log = logging.getLogger("quality")
+KS = (1, 3, 5, 10)
+PREFIX = {"stem": "stem_1k", "extra": "extra_500"}  # split ids -> haystack doc ids
+
+
+def figures(scores: np.ndarray, answers: list[str], seconds: float) -> dict:
+    r = rank_letters(scores)
+    return {"map@3": round(map_at_3(r, answers), 4), "accuracy@1": round(accuracy_at_1(r, answers), 4),
+            "s/question": round(seconds / len(answers), 4)}
+
+
+def score_set(name: str, questions_csv: str, index: str, readers: list[str], top_k: int | None,
+              with_zero_shot: bool = True) -> list[dict]:
+    """Every scorer on one question set; rows of the results table."""
+    from pipeline.reader import MultipleChoiceReader
+    from pipeline.zeroshot import ZeroShotScorer
+
+    qs = load_questions(questions_csv, require_answer=True)
+    answers = [q.answer for q in qs]
+    store = load_index(index)
+    emb = open_embedder(store, None, None)
+    cfg = PredictConfig(questions=questions_csv, index=index, readers=readers[:1], progress=False)
+    retrieval = reader_retrieval(cfg)
+    if top_k:
+        retrieval = replace(retrieval, top_k=top_k)
+    retrieval = retrieval.resolved(store.meta, index)
+    t = time.perf_counter()
+    contexts = retrieve(qs, store, emb, retrieval, progress=False)
+    t_ret = time.perf_counter() - t
+    ctx = [c.joined() for c in contexts]
+    prompts, options, rows = [q.prompt for q in qs], [list(q.options) for q in qs], [q.row for q in qs]
+    tag = f"{name} ({len(qs)} q, top-{retrieval.top_k} {retrieval.retriever})"
+    out = []
+
+    def add(scorer: str, scores: np.ndarray, seconds: float, **extra) -> np.ndarray:
+        row = {"set": tag, "scorer": scorer, **figures(scores, answers, seconds), **extra}
+        log.info("%s", row)
+        out.append(row)
+        return scores
+
+    lengths = np.array([[len(o) for o in opts] for opts in options], dtype=float)
+    add("longest option (no context)", lengths, 0.0)
+    if with_zero_shot:
+        t = time.perf_counter()
+        add("zero-shot (dense + lexical)", ZeroShotScorer(emb).score(prompts, options, ctx,
+                                                                     progress=False),
+            time.perf_counter() - t + t_ret)
+    probs = []
+    for path in readers:
+        reader = MultipleChoiceReader.from_pretrained(path)
+        t = time.perf_counter()
+        p = reader.probabilities(prompts, options, ctx, rows, progress=False)
+        add(f"reader {Path(path).name}", p, time.perf_counter() - t + t_ret)
+        t = time.perf_counter()
+        stacked, _, described = score_options(replace(cfg, readers=[path]), qs, contexts, emb)
+        if described[0].get("stacker"):
+            add(f"reader {Path(path).name} + stacker", stacked,
+                time.perf_counter() - t + t_ret, weights=described[0]["stacker"]["features"])
+        probs.append(stacked)
+    if len(readers) > 1:
+        add("ensemble of all readers (mean probability)", np.mean(probs, axis=0), 0.0)
+    return out
+
+
+def recall_rows(test_csv: str, index: str) -> list[dict]:
+    """Recall@k of each test question's source passage per retriever."""
+    qs = load_questions(test_csv)
+    gold = []
+    for q in qs:
+        tag, _, num = q.id.partition("-")
+        gold.append(f"{PREFIX.get(tag, tag)}-{num}")
+    store = load_index(index)
+    emb = open_embedder(store, None, None)
+    rows = []
+    for method in ("dense", "bm25", "hybrid"):
+        cfg = RetrievalConfig(top_k=max(KS), retriever=method)
+        try:
+            cfg = cfg.resolved(store.meta, index)
+        except Exception as e:  # noqa: BLE001 - an index without BM25: say so in the table
+            rows.append({"retriever": method, "error": str(e)})
+            continue
+        t = time.perf_counter()
+        ctx = retrieve(qs, store, emb, cfg, progress=False)
+        sec = (time.perf_counter() - t) / len(qs)
+        docs = [[pid.rsplit(":", 1)[0] for pid in c.passage_ids] for c in ctx]
+        rows.append({"retriever": method, **{f"R@{k}": round(recall_at_k(docs, gold, k), 4)
+                                              for k in KS}, "s/question": round(sec, 4)})
+        log.info("%s", rows[-1])
+    return rows
+
+
+def markdown(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", default="index/haystack", help="index holding the test sources")
+    p.add_argument("--test", default="runs/split/test.csv", help="held-out labelled questions")
+    p.add_argument("--demo-index", default="index/demo")
+    p.add_argument("--demo-questions", default="data/sample_questions.csv")
+    p.add_argument("--readers", nargs="*", default=[], help="trained reader folders")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="contexts per question (default: the first reader's, else 5)")
+    p.add_argument("--limit", type=int, default=None, help="first N test questions only")
+    p.add_argument("--no-recall", action="store_true")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    args = p.parse_args()
+    setup_logging(False)
+    logging.getLogger("quality").setLevel(logging.INFO)
+    test = args.test
+    if args.limit:
+        import pandas as pd
+
+        test = str(Path(args.json or "runs/quality.json").with_suffix(".test.csv"))
+        pd.read_csv(args.test, keep_default_na=False, dtype=str).head(args.limit).to_csv(test, index=False)
+    t0 = time.perf_counter()
+    rows = score_set("shared test split", test, args.index, args.readers, args.top_k)
+    if args.demo_index and Path(args.demo_index).is_dir():
+        rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
+                          args.top_k)
+    recall = [] if args.no_recall else recall_rows(test, args.index)
+    sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")
+    if recall:
+        sys.stdout.write(markdown(recall, ["retriever", *[f"R@{k}" for k in KS], "s/question"]) + "\n")
+    sys.stdout.write(f"\n{time.perf_counter() - t0:.0f} s in all\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scores": rows, "recall": recall, "args": vars(args)},
+                                              indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
