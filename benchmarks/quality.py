@@ -155,6 +155,7 @@ def main() -> int:
                    help="contexts per question (default: the first reader's, else 5)")
     p.add_argument("--limit", type=int, default=None, help="first N test questions only")
     p.add_argument("--no-recall", action="store_true")
+    p.add_argument("--recall-only", action="store_true", help="only the recall table")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
     setup_logging(False)
@@ -166,14 +167,17 @@ def main() -> int:
         test = str(Path(args.json or "runs/quality.json").with_suffix(".test.csv"))
         pd.read_csv(args.test, keep_default_na=False, dtype=str).head(args.limit).to_csv(test, index=False)
     t0 = time.perf_counter()
-    rows = score_set("shared test split", test, args.index, args.readers, args.top_k)
-    if args.demo_index and Path(args.demo_index).is_dir():
+    rows = [] if args.recall_only else score_set("shared test split", test, args.index,
+                                                 args.readers, args.top_k)
+    if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
                           args.top_k)
     recall = [] if args.no_recall else recall_rows(test, args.index)
-    sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")
+    if rows:
+        sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")
     if recall:
-        sys.stdout.write(markdown(recall, ["retriever", *[f"R@{k}" for k in KS], "s/question"]) + "\n")
+        sys.stdout.write(markdown(recall, ["retriever", *[f"R@{k}" for k in KS], "s/question",
+                                           "error"]) + "\n")
     sys.stdout.write(f"\n{time.perf_counter() - t0:.0f} s in all\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"scores": rows, "recall": recall, "args": vars(args)},

@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=200_000, help="training sample cap")
     ap.add_argument("--flat-subset", type=int, default=100_000)
     ap.add_argument("--nprobe", type=int, default=None, help="default: the index's own")
+    ap.add_argument("--no-opq", action="store_true", help="IVF-PQ without the OPQ rotation "
+                    "(OPQ training is the slow part on 2 cores; search cost is the same)")
     args = ap.parse_args()
     import faiss
 
@@ -68,6 +70,11 @@ def main() -> int:
     spec = choose_by_budget(args.n, dim, parse_size(args.budget), nprobe=args.nprobe,
                             nlist=args.nlist)
     spec = replace(spec, train_size=min(spec.train_size, args.train))
+    if args.no_opq and spec.opq:
+        from pipeline.index_budget import ivfpq_spec
+
+        spec = replace(ivfpq_spec(args.n, dim, spec.m, nlist=spec.nlist, nprobe=args.nprobe,
+                                  opq=False), train_size=spec.train_size)
     print(f"{args.n:,} synthetic clustered 384-d vectors; {args.queries} queries x K={args.k}; "
           f"index {spec.factory} (--max-index-memory {args.budget}), nprobe {spec.nprobe}; "
           f"faiss threads {faiss.omp_get_max_threads()}", flush=True)
