@@ -36,7 +36,9 @@ demo: index/demo/meta.json
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 
+# The slow tests also cover the Ray engine (local Ray) and the OpenVINO backend: their extras first.
 test-slow: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[demo,test,distributed,openvino]"
 	$(PY) -m pytest -q
 
 models: $(STAMP)
