@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .cli import run, setup_logging
 from .evaluation import EvaluateConfig, evaluate
-from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
+from .predict import add_retrieval_and_reader_args, retrieval_config
 from .store import VERIFY_MODES
 
 EXAMPLES = """\
@@ -72,24 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="numbers and tables only, no PNGs")
     p.add_argument("--verify-index", choices=VERIFY_MODES, default="size",
                    help="check the index files before use (default: %(default)s)")
-    r = p.add_argument_group("retrieval (as in predict)")
-    r.add_argument("--top-k", type=int, default=RetrievalConfig.top_k,
-                   help="passages per question for the headline figures (default: %(default)s, "
-                        "or the reader's saved setting)")
-    r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
-                   help="what is embedded to search (default: %(default)s)")
-    r.add_argument("--retriever", choices=RETRIEVERS, default=RetrievalConfig.retriever,
-                   help="dense, bm25 or hybrid (default: %(default)s)")
-    r.add_argument("--per-option-queries", "--per-option", action="store_true",
-                   dest="per_option", help="search 'prompt + option' once per option, fused")
-    r.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
-    r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
-                   help="where the index's embedder is, if not where it was at build time")
-    m = p.add_argument_group("reader")
-    m.add_argument("--max-length", type=int, default=None,
-                   help="tokens per [context, prompt, option] (default: the reader's own)")
-    m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
-    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    add_retrieval_and_reader_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -101,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = EvaluateConfig(
         questions=args.questions, index=args.index, out=args.out, readers=args.reader,
         embedder=args.embedder,
-        retrieval=RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
-                                  retriever=args.retriever, per_option=args.per_option),
+        retrieval=retrieval_config(args),
         max_contexts=args.max_contexts, recall_k=args.recall_k, limit=args.limit,
         plots=not args.no_plots, max_length=args.max_length, batch_size=args.batch_size,
         device=args.device, overwrite=args.overwrite, progress=not args.no_progress,

@@ -44,6 +44,38 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--time-budget ")) from e
 
 
+def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
+    """The retrieval and reader flags ``predict`` and ``evaluate`` share (same names, same
+    defaults); :func:`retrieval_config` turns them into a :class:`RetrievalConfig`."""
+    r = p.add_argument_group("retrieval")
+    r.add_argument("--top-k", type=int, default=RetrievalConfig.top_k,
+                   help="passages per question (default: %(default)s, or the reader's saved "
+                        "setting)")
+    r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
+                   help="what is embedded to search (default: %(default)s)")
+    r.add_argument("--retriever", choices=RETRIEVERS, default=RetrievalConfig.retriever,
+                   help="dense (FAISS), bm25, or hybrid (both, reciprocal-rank fused); bm25 and "
+                        "hybrid need an index built with BM25 (default: %(default)s)")
+    r.add_argument("--per-option-queries", "--per-option", action="store_true",
+                   help="search 'prompt + option' once per option and fuse the five rankings, "
+                        "instead of one 'prompt + all options' query")
+    r.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists searched per query (default: the index's own)")
+    r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
+                   help="where the index's embedder is, if not where it was at build time; "
+                        "must be the same model")
+    m = p.add_argument_group("reader")
+    m.add_argument("--max-length", type=int, default=None,
+                   help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
+    m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
+    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+
+
+def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
+    return RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
+                           retriever=args.retriever, per_option=args.per_option_queries)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.predict",
@@ -65,27 +97,7 @@ def parser() -> argparse.ArgumentParser:
                    help="check the index files before use: size (instant, catches truncation), "
                         "full (sha256 of every file, catches any changed byte) or none "
                         "(default: %(default)s)")
-    r = p.add_argument_group("retrieval")
-    r.add_argument("--top-k", type=int, default=RetrievalConfig.top_k,
-                   help="passages per question (default: %(default)s)")
-    r.add_argument("--query", choices=QUERY_MODES, default=RetrievalConfig.query,
-                   help="what is embedded to search (default: %(default)s)")
-    r.add_argument("--retriever", choices=RETRIEVERS, default=RetrievalConfig.retriever,
-                   help="dense (FAISS), bm25, or hybrid (both, reciprocal-rank fused); bm25 and "
-                        "hybrid need an index built with BM25 (default: %(default)s)")
-    r.add_argument("--per-option-queries", action="store_true",
-                   help="search 'prompt + option' once per option and fuse the five rankings, "
-                        "instead of one 'prompt + all options' query")
-    r.add_argument("--nprobe", type=int, default=None,
-                   help="IVF lists searched per query (default: the index's own)")
-    r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
-                   help="where the index's embedder is, if not where it was at build time; "
-                        "must be the same model")
-    m = p.add_argument_group("reader")
-    m.add_argument("--max-length", type=int, default=None,
-                   help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
-    m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
-    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    add_retrieval_and_reader_args(p)
     p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                    help="finish within this time (such as 8.5h, 90m, 600s), counted from the "
                         "start: throughput is measured on the first questions and, if the "
@@ -103,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = PredictConfig(
         questions=args.questions, index=args.index, out=args.out, report=args.report,
         readers=args.reader, embedder=args.embedder,
-        retrieval=RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
-                                  retriever=args.retriever,
-                                  per_option=args.per_option_queries),
+        retrieval=retrieval_config(args),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
         overwrite=args.overwrite, progress=not args.no_progress, verify_index=args.verify_index,
         time_budget=args.time_budget)
