@@ -28,6 +28,7 @@ retrievers on the test split. Every scorer sees the same retrieved contexts.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -40,7 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.answering import PredictConfig, open_embedder, reader_retrieval, score_options  # noqa: E402
+from pipeline.answering import (PredictConfig, apply_stacker, open_embedder,  # noqa: E402
+                                reader_retrieval)
 from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, recall_at_k  # noqa: E402
 from pipeline.questions import load_questions  # noqa: E402
@@ -58,8 +60,26 @@ def figures(scores: np.ndarray, answers: list[str], seconds: float) -> dict:
             "s/question": round(seconds / len(answers), 4)}
 
 
+def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[str], compute):
+    """A reader's probabilities ``(n, 5)``, kept in ``cache`` keyed by its weights and inputs."""
+    if not cache:
+        return compute()
+    weights = Path(reader) / "model.safetensors"
+    stat = weights.stat() if weights.exists() else None
+    key = hashlib.sha1(json.dumps([str(Path(reader).resolve()), stat and [stat.st_size, stat.st_mtime_ns],
+                                   Path(questions_csv).read_text(), contexts]).encode()).hexdigest()
+    path = Path(cache) / f"{Path(reader).name}-{key[:16]}.npy"
+    if path.exists():
+        log.info("%s: probabilities from %s", reader, path)
+        return np.load(path)
+    p = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, p)
+    return p
+
+
 def score_set(name: str, questions_csv: str, index: str, readers: list[str], top_k: int | None,
-              with_zero_shot: bool = True) -> list[dict]:
+              with_zero_shot: bool = True, cache: str | None = None) -> list[dict]:
     """Every scorer on one question set; rows of the results table."""
     from pipeline.reader import MultipleChoiceReader
     from pipeline.zeroshot import ZeroShotScorer
@@ -95,16 +115,18 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
                                                                      progress=False),
             time.perf_counter() - t + t_ret)
     probs = []
+    evidence: dict[str, np.ndarray] = {}
     for path in readers:
-        reader = MultipleChoiceReader.from_pretrained(path)
         t = time.perf_counter()
-        p = reader.probabilities(prompts, options, ctx, rows, progress=False)
+        p = _cached(cache, path, questions_csv, ctx,
+                    lambda: MultipleChoiceReader.from_pretrained(path).probabilities(
+                        prompts, options, ctx, rows, progress=False))
         add(f"reader {Path(path).name}", p, time.perf_counter() - t + t_ret)
         t = time.perf_counter()
-        stacked, _, described = score_options(replace(cfg, readers=[path]), qs, contexts, emb)
-        if described[0].get("stacker"):
+        stacked, described = apply_stacker(path, p, prompts, options, ctx, emb, evidence)
+        if described:
             add(f"reader {Path(path).name} + stacker", stacked,
-                time.perf_counter() - t + t_ret, weights=described[0]["stacker"]["features"])
+                time.perf_counter() - t + t_ret, weights=described["features"])
         probs.append(stacked)
     if len(readers) > 1:
         add("ensemble of all readers (mean probability)", np.mean(probs, axis=0), 0.0)
@@ -157,6 +179,9 @@ def main() -> int:
     p.add_argument("--no-recall", action="store_true")
     p.add_argument("--recall-only", action="store_true", help="only the recall table")
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep each reader's probabilities here, so that a rerun (another ensemble, "
+                        "another stacker) does not score again")
     args = p.parse_args()
     setup_logging(False)
     logging.getLogger("quality").setLevel(logging.INFO)
@@ -168,10 +193,10 @@ def main() -> int:
         pd.read_csv(args.test, keep_default_na=False, dtype=str).head(args.limit).to_csv(test, index=False)
     t0 = time.perf_counter()
     rows = [] if args.recall_only else score_set("shared test split", test, args.index,
-                                                 args.readers, args.top_k)
+                                                 args.readers, args.top_k, cache=args.cache)
     if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
-                          args.top_k)
+                          args.top_k, cache=args.cache)
     recall = [] if args.no_recall else recall_rows(test, args.index)
     if rows:
         sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")

@@ -185,34 +185,48 @@ def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: S
         return scorer.score(prompts, options, ctx, rows, progress=cfg.progress), \
             scorer.name, [scorer.describe()]
 
-    from .stacking import Stacker, context_features
-
     probs, described = [], []
     evidence: dict[str, np.ndarray] = {}  # stacker features, computed once for all readers
     for name in cfg.readers:
         reader = _load_reader(name, _stamp(name), cfg.device, cfg.max_length, cfg.batch_size)
         p = reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress)
         info = {"type": "reader", "name": name, "max_length": reader.max_length}
-        stacker = Stacker.load(name)
-        if stacker is not None:
-            want = [f for f in stacker.features if f != "reader" and f not in evidence]
-            evidence.update(context_features(want, prompts, options, ctx, embedder,
-                                             progress=cfg.progress))
-            fitted_with = stacker.info.get("embedder")
-            if fitted_with and fitted_with != embedder.name and \
-                    {"dense", "consensus"} & set(stacker.features):
-                log.warning("the stacker of %s was fitted with embedder %s, this index uses %s: "
-                            "its dense/consensus features may be off", name, fitted_with,
-                            embedder.name)
-            p = _softmax(stacker.score({"reader": np.log(np.clip(p, 1e-12, None)), **evidence}))
-            info["stacker"] = stacker.describe()
-            log.info("%s: reader combined with %s", name,
-                     ", ".join(f for f in stacker.features if f != "reader"))
+        p, stacked = apply_stacker(name, p, prompts, options, ctx, embedder, evidence,
+                                   progress=cfg.progress)
+        if stacked:
+            info["stacker"] = stacked
         probs.append(p)
         described.append(info)
     label = "reader " + " + ".join(cfg.readers) if len(cfg.readers) == 1 else \
         f"ensemble of {len(cfg.readers)} readers (mean probability)"
     return np.mean(probs, axis=0), label, described
+
+
+def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],
+                  options: Sequence[Sequence[str]], contexts: Sequence[str], embedder: Embedder,
+                  evidence: dict[str, np.ndarray] | None = None,
+                  progress: bool = False) -> tuple[np.ndarray, dict | None]:
+    """Combine reader ``name``'s probabilities ``(n, 5)`` with its stacker, if it has one.
+
+    Returns (probabilities ``(n, 5)``, the stacker's description or None when the folder has
+    no ``openbook_stack.json``). ``evidence`` caches the context features between readers.
+    """
+    from .stacking import Stacker, context_features
+
+    stacker = Stacker.load(name)
+    if stacker is None:
+        return probs, None
+    evidence = {} if evidence is None else evidence
+    want = [f for f in stacker.features if f != "reader" and f not in evidence]
+    evidence.update(context_features(want, prompts, options, contexts, embedder, progress=progress))
+    fitted_with = stacker.info.get("embedder")
+    if fitted_with and fitted_with != embedder.name and {"dense", "consensus"} & set(stacker.features):
+        log.warning("the stacker of %s was fitted with embedder %s, this index uses %s: "
+                    "its dense/consensus features may be off", name, fitted_with, embedder.name)
+    log.info("%s: reader combined with %s", name,
+             ", ".join(f for f in stacker.features if f != "reader"))
+    scores = stacker.score({"reader": np.log(np.clip(probs, 1e-12, None)), **evidence})
+    return _softmax(scores), stacker.describe()
 
 
 def _stamp(name: str) -> tuple:
