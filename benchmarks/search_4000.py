@@ -22,7 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.index_budget import choose_by_budget, parse_size  # noqa: E402
+from pipeline.chunking import Passage  # noqa: E402
 from pipeline.store import IndexWriter, load_index  # noqa: E402
-
-
-@dataclass
-class P:
-    passage_id: str
-    doc_id: str
-    title: str
-    text: str
 
 
 def clustered(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:
@@ -85,7 +78,7 @@ def main() -> int:
         block = 50_000
         for s in range(0, args.n, block):
             m = min(block, args.n - s)
-            w.add([P(str(i), str(i), "", "") for i in range(s, s + m)], clustered(m, dim, centers, rng))
+            w.add([Passage(str(i), str(i), "", "", 0) for i in range(s, s + m)], clustered(m, dim, centers, rng))
         w.finish({"embedder": {"name": "synthetic", "dim": dim, "normalize": True}}, spec)
         build_s = time.perf_counter() - t
         store = load_index(out, mmap=True)

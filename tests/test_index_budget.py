@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import make_passage, run_cli
 from pipeline import faiss_index
 from pipeline.errors import OpenbookError
 from pipeline.index_budget import choose_by_budget, estimate, index_bytes, parse_size
 from pipeline.store import IndexWriter, load_index
-
-
-@dataclass
-class P:
-    passage_id: str
-    doc_id: str
-    title: str
-    text: str
 
 
 def _vectors(n, dim, seed=0):
@@ -83,7 +74,7 @@ def test_budget_index_recorded_and_ivf_loaded_memory_mapped(tmp_path):
     assert spec.type == "ivfpq" and spec.factory.startswith(f"OPQ{spec.m}_")
     w = IndexWriter(tmp_path / "idx", dim=dim)
     for s in range(0, n, 500):
-        w.add([P(f"d{i}:0", f"d{i}", "T", "x") for i in range(s, s + 500)], vecs[s:s + 500])
+        w.add([make_passage(f"d{i}:0", f"d{i}", "T", "x") for i in range(s, s + 500)], vecs[s:s + 500])
     meta = w.finish({"embedder": {"name": "fake", "dim": dim, "normalize": True}}, spec)
     rec = json.loads((tmp_path / "idx" / "meta.json").read_text())["index"]
     assert rec == meta["index"] and rec["factory"] == spec.factory

@@ -4,7 +4,6 @@ IVF shards merged with faiss's merge_from equal to adding them in one process.""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,6 +16,7 @@ from pipeline import faiss_index  # noqa: E402
 from pipeline.build import BuildConfig, build_index  # noqa: E402
 from pipeline.chunking import ChunkConfig  # noqa: E402
 from pipeline.shards import ShardSet  # noqa: E402
+from conftest import make_passage  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a local Ray cluster and two MiniLM builds: ~1-2 min
 
@@ -26,14 +26,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@dataclass
-class P:
-    passage_id: str
-    doc_id: str
-    title: str
-    text: str
 
 
 def _corpus(path, n=40):
@@ -69,7 +61,7 @@ def test_ivf_merge_from_shards_equals_single_process(local_ray, tmp_path):
     shards = ShardSet.create(tmp_path / ".p", dim=dim, fingerprint={})
     for s in range(0, 3000, 700):
         part = x[s:s + 700]
-        shards.write([P(str(i), str(i), "", "") for i in range(len(part))], part)
+        shards.write([make_passage(str(i), str(i), "", "") for i in range(len(part))], part)
     spec = faiss_index.IndexSpec(type="ivfpq", factory="IVF32,PQ4np", nlist=32, m=4, nbits=8,
                                  nprobe=8)
     sample = shards.sample(3000)

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from conftest import make_passage
 from pipeline import faiss_index
 from pipeline.errors import IndexMismatchError, OpenbookError
 from pipeline.store import IndexWriter, load_index, read_meta
-
-
-@dataclass
-class P:
-    passage_id: str
-    doc_id: str
-    title: str
-    text: str
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -30,7 +22,8 @@ def _write(out, n=300, dim=16, index_type="flat", **kw):
     vecs = _vectors(n, dim)
     w = IndexWriter(out, dim=dim, **kw)
     for s in range(0, n, 128):  # several shards
-        w.add([P(f"d{i}:0", f"d{i}", f"T{i}", f"text {i}") for i in range(s, min(n, s + 128))],
+        w.add([make_passage(f"d{i}:0", f"d{i}", f"T{i}", f"text {i}")
+               for i in range(s, min(n, s + 128))],
               vecs[s:s + 128])
     spec = faiss_index.choose_index(n, dim, index_type)
     meta = w.finish({"embedder": {"name": "fake", "dim": dim, "normalize": True}}, spec)
@@ -81,7 +74,7 @@ def test_existing_index_kept_until_overwrite(tmp_path):
 
 def test_incomplete_index_refused(tmp_path):
     w = IndexWriter(tmp_path / "idx", dim=16)
-    w.add([P("a:0", "a", "A", "x")], _vectors(1, 16))
+    w.add([make_passage("a:0", "a", "A", "x")], _vectors(1, 16))
     partial = w.partial
     with pytest.raises(OpenbookError, match="did not finish"):
         read_meta(partial)
