@@ -62,7 +62,8 @@ def main() -> int:
     centers = rng.standard_normal((2000, dim)).astype(np.float32)
     spec = choose_by_budget(args.n, dim, parse_size(args.budget), nprobe=args.nprobe,
                             nlist=args.nlist)
-    spec = replace(spec, train_size=min(spec.train_size, args.train))
+    if spec.train_size:  # a flat index (the budget fits it) trains nothing
+        spec = replace(spec, train_size=min(spec.train_size, args.train))
     if args.no_opq and spec.opq:
         from pipeline.index_budget import ivfpq_spec
 
