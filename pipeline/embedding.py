@@ -211,11 +211,16 @@ class Embedder:
         """Embed ``texts`` -> ``(len(texts), dim)`` float32, L2-normalised if ``normalize``.
 
         Texts are sorted by length (longest first) and batched, and the rows come
-        back in the order of ``texts``.
+        back in the order of ``texts``. A text given several times is embedded once
+        (context sentences repeat across questions and across context counts).
         """
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        first = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        if len(first) < n:
+            uniq = self.encode(list(first), batch_size=batch_size, progress=progress)
+            return uniq[[first[t] for t in texts]]
         bs = batch_size or self.batch_size
         order = np.argsort([-len(t) for t in texts], kind="stable")
         ordered = [texts[i] for i in order]

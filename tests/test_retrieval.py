@@ -286,3 +286,17 @@ def test_bm25_stage_respects_the_build_lock(index, monkeypatch):
             bm25_mod.add_bm25(index, progress=False)
     finally:
         lock.path.unlink()
+
+
+def test_embedder_embeds_a_repeated_text_once(embedder, monkeypatch):
+    texts = ["Quartz is hard.", "Talc is soft.", "Quartz is hard.", "Gypsum.", "Talc is soft."]
+    expected = embedder.encode(list(dict.fromkeys(texts)))
+    seen = []
+    real = embedder.model.encode
+    monkeypatch.setattr(embedder.model, "encode", lambda xs, **kw: seen.append(list(xs)) or real(xs, **kw))
+    got = embedder.encode(texts)
+    assert sorted(seen[0]) == sorted(set(texts)) and len(seen) == 1
+    assert got.shape == (5, embedder.dim)
+    np.testing.assert_allclose(got[[0, 1, 3]], expected, atol=1e-6)
+    np.testing.assert_array_equal(got[0], got[2])
+    np.testing.assert_array_equal(got[1], got[4])
