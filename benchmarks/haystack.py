@@ -6,6 +6,9 @@ by the 10,033 vital-article summaries as distractors, as one jsonl corpus for ``
 
     python benchmarks/haystack.py --out /tmp/haystack.jsonl
     python -m pipeline.build_index --corpus /tmp/haystack.jsonl --out index/haystack
+
+``--distractors N`` keeps only the first N summaries: a smaller haystack on which a slow
+embedder (MPNet) can be compared with MiniLM in minutes rather than an hour.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--shared", default=str(SHARED))
+    p.add_argument("--distractors", type=int, default=None, metavar="N",
+                   help="only the first N demo summaries (default: all 10,033)")
     args = p.parse_args()
     n = 0
     with open(args.out, "w", encoding="utf-8") as f:
         for doc_id, text in needles(Path(args.shared)):
             f.write(json.dumps({"id": doc_id, "title": "", "text": text}, ensure_ascii=False) + "\n")
             n += 1
-        for d in iter_documents(None, "demo"):
+        for i, d in enumerate(iter_documents(None, "demo")):
+            if args.distractors is not None and i >= args.distractors:
+                break
             f.write(json.dumps({"id": f"demo-{d.doc_id}", "title": d.title, "text": d.text},
                                ensure_ascii=False) + "\n")
             n += 1

@@ -532,6 +532,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     bar = tqdm(total=total, initial=step, disable=not cfg.progress, desc="train", unit="step")
     window: list[float] = []
+    losses: list[float] = []
+    warned_collapse = False
     t0 = time.perf_counter()
     while step < total:
         batches, perms = epoch_plan(len(train_qs), epoch, cfg)
@@ -556,6 +558,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             window.append(loss_sum)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}")
+            losses.append(loss_sum)
+            if not warned_collapse and collapsed(losses, len(LETTERS)):
+                warned_collapse = True
+                log.warning("step %d: the training loss went back to chance (ln %d = %.3f) after "
+                            "falling to %.3f: the head has collapsed (saturated). The best "
+                            "checkpoint so far stays in %s; rerun with a lower --head-lr (and "
+                            "--lr), or fewer --epochs", step, len(LETTERS), math.log(len(LETTERS)),
+                            min(_running_means(losses)), out)
             if step % cfg.log_every == 0 or step == total:
                 _append_log(out, {"step": step, "epoch": round(epoch + done / n_batches, 3),
                                   "loss": round(float(np.mean(window)), 5), **lrs,
@@ -573,6 +583,24 @@ def train(cfg: TrainConfig) -> TrainResult:
         fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)
     log.info("done: %d steps; best %s; reader in %s", step, best, out)
     return TrainResult(out=out, step=step, best=best, history=history)
+
+
+def _running_means(losses: Sequence[float], width: int = 50) -> list[float]:
+    """Means of every full window of ``width`` consecutive losses."""
+    if len(losses) < width:
+        return []
+    c = np.cumsum(np.concatenate([[0.0], losses]))
+    return list((c[width:] - c[:-width]) / width)
+
+
+def collapsed(losses: Sequence[float], n_options: int, width: int = 50, learned: float = 0.15,
+              near: float = 0.03) -> bool:
+    """True when the training loss, having fallen ``learned`` below chance (ln n_options),
+    is back within ``near`` of it over the last ``width`` steps: the classifier has stopped
+    telling options apart (seen with MPNet at head lr 1e-3 in its 2nd epoch)."""
+    means = _running_means(losses, width)
+    chance = math.log(n_options)
+    return bool(means) and min(means) < chance - learned and means[-1] > chance - near
 
 
 # ---------------------------------------------------------------- stacker

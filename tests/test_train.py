@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,20 @@ def test_stacker_changes_predictions_and_no_stack(tiny_bert, train_csv, tiny_ind
     res = run_cli("train", train_csv, "--use-context-column", "--model", tiny_bert,
                   "--out", tmp_path / "r2", "--stack-features", "lexical,tarot", "--no-progress")
     assert res.returncode == 2 and "--stack-features" in res.stderr
+
+
+def test_collapse_is_told_apart_from_no_learning_and_from_learning():
+    from pipeline.training import collapsed
+
+    chance = math.log(5)
+    rng = np.random.default_rng(0)
+    noise = lambda n: 0.3 * rng.standard_normal(n)  # noqa: E731 - per-step losses are noisy
+    flat = list(chance + noise(300))
+    learning = list(np.linspace(chance, 1.0, 300) + noise(300))
+    # collapsed: every option gets the same score, so each step's loss is ln 5 to a hair
+    back = list(np.linspace(chance, 1.2, 220) + noise(220)) + list(chance + 0.01 * noise(120))
+    assert not collapsed(flat, 5)  # never learned: the slow test's failure mode, not a collapse
+    assert not collapsed(learning, 5)
+    assert collapsed(back, 5)
+    assert not collapsed(back[:230], 5)  # still below chance on average
+    assert not collapsed(back[:40], 5)  # too few steps to say
