@@ -54,6 +54,12 @@ CONTEXT_FEATURES = ("lexical", "coverage", "dense", "length", "consensus")
 FEATURES = ("reader",) + CONTEXT_FEATURES
 
 
+def center(x: np.ndarray) -> np.ndarray:
+    """Subtract each row's (question's) mean across its options."""
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean(axis=-1, keepdims=True)
+
+
 def zscore(x: np.ndarray) -> np.ndarray:
     """Standardise each row (question) across its options; a constant row becomes 0."""
     x = np.asarray(x, dtype=np.float64)
@@ -117,6 +123,9 @@ class Stacker:
     features: list[str]
     weights: list[float]
     info: dict = field(default_factory=dict)
+    #: features only centred per question, not scaled: a reader's log-probabilities keep
+    #: how sure it is (z-scoring makes a 0.99 and a 0.30 favourite look alike).
+    centered: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.weights):
@@ -126,25 +135,31 @@ class Stacker:
             raise OpenbookError(f"stacker: unknown feature(s) {unknown}; known: {list(FEATURES)}")
 
     @staticmethod
-    def matrix(feats: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
-        """``(n, n_options, n_features)`` of z-scored features; names a missing one."""
+    def matrix(feats: Mapping[str, np.ndarray], names: Sequence[str],
+               centered: Sequence[str] = ()) -> np.ndarray:
+        """``(n, n_options, n_features)`` of z-scored (or, for ``centered``, centred)
+        features; names a missing one."""
         missing = [f for f in names if f not in feats]
         if missing:
             raise OpenbookError(f"stacker: feature(s) {missing} were not computed")
-        return np.stack([zscore(feats[f]) for f in names], axis=-1)
+        return np.stack([center(feats[f]) if f in centered else zscore(feats[f])
+                         for f in names], axis=-1)
 
     def score(self, feats: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores ``(n_questions, n_options)``; higher is better."""
-        return (self.matrix(feats, self.features) @ np.asarray(self.weights)).astype(np.float32)
+        return (self.matrix(feats, self.features, self.centered)
+                @ np.asarray(self.weights)).astype(np.float32)
 
     @classmethod
     def fit(cls, feats: Mapping[str, np.ndarray], answers: np.ndarray,
-            names: Sequence[str] | None = None, l2: float = 1e-2) -> "Stacker":
+            names: Sequence[str] | None = None, l2: float = 1e-2,
+            centered: Sequence[str] = ()) -> "Stacker":
         """Conditional-logit fit: ``answers`` are option indices ``(n,)``."""
         import torch
 
         names = list(names or [f for f in FEATURES if f in feats])
-        x = torch.tensor(cls.matrix(feats, names), dtype=torch.float64)
+        centered = [f for f in centered if f in names]
+        x = torch.tensor(cls.matrix(feats, names, centered), dtype=torch.float64)
         y = torch.as_tensor(np.asarray(answers), dtype=torch.long)
         w = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
@@ -156,8 +171,8 @@ class Stacker:
             return loss
 
         opt.step(closure)
-        return cls(names, [round(float(v), 6) for v in w.detach()], {"n_questions": int(len(y)),
-                                                                    "l2": l2})
+        return cls(names, [round(float(v), 6) for v in w.detach()],
+                   {"n_questions": int(len(y)), "l2": l2}, centered)
 
     def save(self, directory: str | Path) -> Path:
         from .store import write_json_atomic
@@ -174,11 +189,13 @@ class Stacker:
             return None
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(list(d["features"]), [float(v) for v in d["weights"]], d.get("info", {}))
+            return cls(list(d["features"]), [float(v) for v in d["weights"]], d.get("info", {}),
+                       list(d.get("centered", [])))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise OpenbookError(f"{path} is not a valid stacker file ({e}); delete it to use the "
                                 "reader alone, or retrain with pipeline.train") from e
 
     def describe(self) -> dict:
-        return {"features": dict(zip(self.features, self.weights)), **self.info}
+        return {"features": dict(zip(self.features, self.weights)), **self.info,
+                **({"centered": list(self.centered)} if self.centered else {})}
 

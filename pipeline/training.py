@@ -621,8 +621,10 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     """Fit :class:`pipeline.stacking.Stacker` on the validation questions with the best
     reader's log-probabilities plus ``cfg.stack_features``; save ``OUT/openbook_stack.json``.
 
-    The validation MAP@3 it logs is in-sample for the stacker (its few weights were fitted
-    there): judge it on questions neither stage saw, as ``benchmarks/quality.py`` does."""
+    The reader's log-probabilities are only centred per question, so the stacker sees how
+    sure the reader is; the other features are z-scored. The validation MAP@3 it logs is
+    in-sample for the stacker (its few weights were fitted there): judge it on questions
+    neither stage saw, as ``benchmarks/quality.py`` does."""
     reader = MultipleChoiceReader.from_pretrained(str(out), device=device,
                                                   batch_size=cfg.eval_batch_size)
     prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
@@ -634,7 +636,7 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     feats = {"reader": logp, **context_features(cfg.stack_features, prompts, options, contexts,
                                                 embedder, progress=cfg.progress)}
     answers = np.array([LETTERS.index(q.answer) for q in qs])
-    stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features])
+    stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features], centered=["reader"])
     letters = [q.answer for q in qs]
     before = map_at_3(rank_letters(logp), letters)
     after = map_at_3(rank_letters(stacker.score(feats)), letters)
@@ -646,3 +648,36 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
              "in-sample); weights %s; saved %s", len(qs), before, after,
              dict(zip(stacker.features, stacker.weights)), out / STACK_FILE)
     return stacker
+
+
+def restack(out: str | Path, valid: str | None = None, features: Sequence[str] | None = None,
+            device: str | None = None, progress: bool = True) -> Stacker:
+    """Fit (again) the stacker of the trained reader in ``out``, without training.
+
+    Uses the reader's saved training config (index, retrieval settings, validation CSV);
+    ``valid`` and ``features`` replace the saved ones. For readers trained before a change
+    to the stacker, or to fit it on other labelled questions.
+    """
+    out = Path(out)
+    meta_path = out / READER_CONFIG
+    if not meta_path.is_file():
+        raise OpenbookError(f"{out} holds no reader trained by pipeline.train ({READER_CONFIG} "
+                            "is missing); train one first")
+    saved = json.loads(meta_path.read_text(encoding="utf-8")).get("training") or {}
+    known = {f.name for f in fields(TrainConfig)}
+    cfg_d = {k: v for k, v in saved.items() if k in known}
+    cfg_d.update(out=str(out), resume=False, progress=progress)
+    if valid is not None:
+        cfg_d["valid"] = valid
+    if features is not None:
+        cfg_d["stack_features"] = tuple(features)
+    if not cfg_d.get("valid"):
+        raise OpenbookError(f"{out} was trained without --valid: pass --valid VALID.csv "
+                            "(labelled questions the reader was not trained on)")
+    cfg = TrainConfig(**cfg_d)
+    device = device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    splits = {"valid": load_questions(cfg.valid, require_answer=True)}
+    if cfg.train and Path(cfg.train).is_file():  # the contexts cache is keyed on both splits
+        splits = {"train": load_questions(cfg.train, require_answer=True), **splits}
+    contexts, _ = load_contexts(cfg, splits, device)
+    return fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)

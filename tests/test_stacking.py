@@ -101,3 +101,19 @@ def test_context_features_shapes_and_meaning():
 
 def test_coverage_ignores_stop_words():
     assert coverage_scores(["the of and", "water"], "water is wet").tolist() == [0.0, 1.0]
+
+
+def test_centred_reader_keeps_its_confidence(tmp_path):
+    """z-scoring makes a sure and an unsure reader look alike; centring does not."""
+    sure, unsure = np.log([[0.96, 0.01, 0.01, 0.01, 0.01]]), np.log([[0.3, 0.175, 0.175, 0.175, 0.175]])
+    lexical = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]])  # the evidence disagrees with the reader
+    s = Stacker(["reader", "lexical"], [1.0, 1.5], centered=["reader"])
+    assert s.score({"reader": sure, "lexical": lexical}).argmax() == 0  # the sure reader wins
+    assert s.score({"reader": unsure, "lexical": lexical}).argmax() == 1  # the evidence wins
+    z = Stacker(["reader", "lexical"], [1.0, 1.5])
+    assert z.score({"reader": sure, "lexical": lexical}).argmax() == \
+        z.score({"reader": unsure, "lexical": lexical}).argmax()
+    s.save(tmp_path)
+    assert Stacker.load(tmp_path).centered == ["reader"]
+    assert Stacker.fit({"reader": sure, "lexical": lexical}, np.array([0]),
+                       centered=["reader"]).centered == ["reader"]

@@ -307,6 +307,18 @@ def test_stacker_changes_predictions_and_no_stack(tiny_bert, train_csv, tiny_ind
                   "--no-stack", "--no-progress")
     assert res.returncode == 0, res.stderr
     assert not (out / "openbook_stack.json").exists()
+    # pipeline.stack fits it afterwards, from the run's own settings (context column, --valid)
+    res = run_cli("stack", out, "--features", "lexical,length", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    fitted = json.loads((out / "openbook_stack.json").read_text())
+    assert fitted["features"] == ["reader", "lexical", "length"] and fitted["centered"] == ["reader"]
+    assert fitted["info"]["fitted_on"] == str(train_csv) and "valid MAP@3" in res.stdout
+    for bad, says in ((["--features", "lexical,tarot"], "--stack-features"),
+                      (["--valid", tmp_path / "none.csv"], "none.csv")):
+        res = run_cli("stack", out, *bad, "--no-progress")
+        assert res.returncode == 2 and says in res.stderr, res.stderr
+    res = run_cli("stack", tmp_path, "--no-progress")
+    assert res.returncode == 2 and "openbook_reader.json" in res.stderr
     Stacker(["reader", "length"], [0.0, 1.0]).save(out)
     sub = tmp_path / "sub.csv"
     res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
