@@ -670,6 +670,10 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
     if valid is not None:
         cfg_d["valid"] = valid
     if features is not None:
+        unknown = sorted(set(features) - set(CONTEXT_FEATURES))
+        if unknown:
+            raise OpenbookError(f"--features: unknown {unknown}; choose from "
+                                f"{','.join(CONTEXT_FEATURES)}")
         cfg_d["stack_features"] = tuple(features)
     if not cfg_d.get("valid"):
         raise OpenbookError(f"{out} was trained without --valid: pass --valid VALID.csv "

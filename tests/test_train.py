@@ -313,7 +313,7 @@ def test_stacker_changes_predictions_and_no_stack(tiny_bert, train_csv, tiny_ind
     fitted = json.loads((out / "openbook_stack.json").read_text())
     assert fitted["features"] == ["reader", "lexical", "length"] and fitted["centered"] == ["reader"]
     assert fitted["info"]["fitted_on"] == str(train_csv) and "valid MAP@3" in res.stdout
-    for bad, says in ((["--features", "lexical,tarot"], "--stack-features"),
+    for bad, says in ((["--features", "lexical,tarot"], "--features: unknown ['tarot']"),
                       (["--valid", tmp_path / "none.csv"], "none.csv")):
         res = run_cli("stack", out, *bad, "--no-progress")
         assert res.returncode == 2 and says in res.stderr, res.stderr
