@@ -562,7 +562,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if not warned_collapse and collapsed(losses, len(LETTERS)):
                 warned_collapse = True
                 log.warning("step %d: the training loss went back to chance (ln %d = %.3f) after "
-                            "falling to %.3f: the head has collapsed (saturated). The best "
+                            "falling to %.3f: the classifier no longer tells options apart. The best "
                             "checkpoint so far stays in %s; rerun with a lower --head-lr (and "
                             "--lr), or fewer --epochs", step, len(LETTERS), math.log(len(LETTERS)),
                             min(_running_means(losses)), out)
