@@ -450,6 +450,8 @@ examples:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .cli import add_output_args
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline.bm25",
         description="Build the BM25 index of an existing index directory (into DIR/bm25/), "
@@ -465,8 +467,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stopwords", choices=STOPWORD_LISTS, default=Bm25Config.stopwords,
                    help="en_plus = NLTK's 179 English stop words, en = Lucene's 33 "
                         "(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(p)
     return p
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .build import BuildConfig, build_index
 from .chunking import ChunkConfig
-from .cli import run, setup_logging
+from .cli import add_output_args, run, setup_logging
 from .corpus import FORMATS
 from .embedding import BACKENDS, DEFAULT_EMBEDDER, QUANTIZE
 from .faiss_index import INDEX_TYPES
@@ -111,8 +111,7 @@ def parser() -> argparse.ArgumentParser:
                      help="index directory to write (default: %(default)s)")
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing index (the old one stays until the new one is complete)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bars")
-    out.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(out)
     return p
 
 

@@ -15,6 +15,14 @@ log = logging.getLogger("pipeline")
 EXIT_USER_ERROR = 2
 
 
+def add_output_args(p, progress: bool = True) -> None:
+    """``--no-progress`` (stored as ``no_progress``) and ``-v/--verbose``, the same on every
+    command; ``progress=False`` adds only ``-v``."""
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr as ``LEVEL name: message``; ``verbose`` turns on DEBUG."""
     logging.basicConfig(

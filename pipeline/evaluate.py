@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli import run, setup_logging
+from .cli import add_output_args, run, setup_logging
 from .evaluation import EvaluateConfig, evaluate
 from .predict import add_retrieval_and_reader_args, retrieval_config
 from .store import VERIFY_MODES
@@ -73,8 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-index", choices=VERIFY_MODES, default="size",
                    help="check the index files before use (default: %(default)s)")
     add_retrieval_and_reader_args(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(p)
     return p
 
 

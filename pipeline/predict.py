@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .answering import PredictConfig, predict
 from .budget import parse_duration
-from .cli import run, setup_logging
+from .cli import add_output_args, run, setup_logging
 from .errors import OpenbookError
 from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
 from .store import VERIFY_MODES
@@ -104,8 +104,7 @@ def parser() -> argparse.ArgumentParser:
                         "projected total exceeds the budget, fewer passages are used (top-k "
                         "halved down to 1, then the zero-shot baseline, then option length for "
                         "whatever is left); the report's 'time_budget' says what was done")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(p)
     return p
 
 

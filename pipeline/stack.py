@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli import run, setup_logging
+from .cli import add_output_args, run, setup_logging
 from .stacking import CONTEXT_FEATURES
 
 
@@ -31,8 +31,7 @@ def parser() -> argparse.ArgumentParser:
                    metavar="F1,F2,...", help="evidence beside the reader (default: the run's; "
                    f"choose from {','.join(CONTEXT_FEATURES)})")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: the run's, else auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(p)
     return p
 
 
