@@ -27,7 +27,7 @@ import numpy as np
 
 from .embedding import Embedder, resolve_model
 from .errors import IndexMismatchError, OpenbookError
-from .metrics import accuracy_at_1, map_at_3, rank_letters
+from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from .questions import LETTERS, Question, has_answers, load_questions
 from .retrieval import Contexts, RetrievalConfig, retrieve
 from .store import IndexStore, load_index
@@ -211,7 +211,7 @@ def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],
     Returns (probabilities ``(n, 5)``, the stacker's description or None when the folder has
     no ``openbook_stack.json``). ``evidence`` caches the context features between readers.
     """
-    from .stacking import Stacker, context_features
+    from .stacking import Stacker, context_features, reader_feature
 
     stacker = Stacker.load(name)
     if stacker is None:
@@ -225,8 +225,8 @@ def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],
                     "its dense/consensus features may be off", name, fitted_with, embedder.name)
     log.info("%s: reader combined with %s", name,
              ", ".join(f for f in stacker.features if f != "reader"))
-    scores = stacker.score({"reader": np.log(np.clip(probs, 1e-12, None)), **evidence})
-    return _softmax(scores), stacker.describe()
+    scores = stacker.score({"reader": reader_feature(probs), **evidence})
+    return softmax(scores), stacker.describe()
 
 
 def _stamp(name: str) -> tuple:
@@ -246,11 +246,6 @@ def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | 
 
     return MultipleChoiceReader.from_pretrained(name, device=device, max_length=max_length,
                                                 batch_size=batch_size)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).

@@ -50,6 +50,13 @@ def average_precision_at_3(ranked: Sequence[str], answer: str) -> float:
     return 0.0
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Scores ``(n, n_options)`` -> probabilities over each row's options, float32."""
+    shifted = np.asarray(scores) - np.max(scores, axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 def map_at_3(rankings: Sequence[Sequence[str]], answers: Sequence[str]) -> float:
     """Mean of :func:`average_precision_at_3` over questions.
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .encoding import MultipleChoiceCollator, encode_question
 from .errors import OpenbookError
+from .metrics import softmax
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     if resolved is None:
         raise ReaderError(f"unknown dtype {dtype!r}. Fix: pass one of float32, float16, bfloat16")
     return resolved
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 class MultipleChoiceReader:
@@ -307,4 +302,4 @@ class MultipleChoiceReader:
         progress: bool = True,
     ) -> np.ndarray:
         """Softmax of :meth:`score` over the options: shape ``(n_questions, n_options)``, rows sum to 1."""
-        return _softmax(self.score(prompts, options, contexts, rows=rows, progress=progress))
+        return softmax(self.score(prompts, options, contexts, rows=rows, progress=progress))

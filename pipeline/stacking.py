@@ -54,6 +54,11 @@ CONTEXT_FEATURES = ("lexical", "coverage", "dense", "length", "consensus")
 FEATURES = ("reader",) + CONTEXT_FEATURES
 
 
+def reader_feature(probs: np.ndarray) -> np.ndarray:
+    """The ``reader`` feature: log-probabilities ``(n, n_options)`` (floored at 1e-12)."""
+    return np.log(np.clip(probs, 1e-12, None))
+
+
 def center(x: np.ndarray) -> np.ndarray:
     """Subtract each row's (question's) mean across its options."""
     x = np.asarray(x, dtype=np.float64)

@@ -41,11 +41,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .embedding import pick_device
 from .errors import OpenbookError
 from .metrics import accuracy_at_1, map_at_3, rank_letters
 from .questions import LETTERS, Question, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
-from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features
+from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features, reader_feature
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,13 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
             raise OpenbookError(f"--resume: --{k.replace('_', '-')} {v} differs from the run's "
                                 f"{saved.get(k)}; drop it, or start a new run with --overwrite")
     cfg["resume"] = True
-    return TrainConfig(**{k: v for k, v in cfg.items() if k in {f.name for f in fields(TrainConfig)}})
+    return TrainConfig(**_known_fields(cfg))
+
+
+def _known_fields(saved: dict) -> dict:
+    """The entries of a saved training config that :class:`TrainConfig` still has."""
+    known = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in known}
 
 
 # ---------------------------------------------------------------- contexts
@@ -198,8 +205,10 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: str):
-    """``({split: [context, ...]}, retrieval settings)``, cached in ``OUT/contexts.jsonl``."""
+def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: str,
+                  write_cache: bool = True):
+    """``({split: [context, ...]}, retrieval settings)``, cached in ``OUT/contexts.jsonl``
+    (read when its key matches; rewritten after a retrieval unless ``write_cache`` is false)."""
     settings: dict[str, Any] = {"source": "context column" if cfg.use_context_column else "index",
                                 "query": cfg.query, "top_k": cfg.contexts_infer,
                                 "top_k_train": cfg.contexts_train, "embedder": None,
@@ -244,7 +253,8 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
         got[name] = [c.joined() for c in ctx]
         rows += [{"split": name, "id": q.id, "passages": c.passage_ids, "context": c.joined()}
                  for q, c in zip(qs, ctx)]
-    _write_jsonl(cache, rows)
+    if write_cache:
+        _write_jsonl(cache, rows)
     del embedder
     return got, settings
 
@@ -447,7 +457,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     splits = {"train": train_qs}
     if cfg.valid:
         splits["valid"] = load_questions(cfg.valid, require_answer=True)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and not cfg.resume:
         _clear_run(out)
@@ -628,8 +638,8 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     reader = MultipleChoiceReader.from_pretrained(str(out), device=device,
                                                   batch_size=cfg.eval_batch_size)
     prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
-    logp = np.log(np.clip(reader.probabilities(prompts, options, contexts, [q.row for q in qs],
-                                               progress=cfg.progress), 1e-12, None))
+    logp = reader_feature(reader.probabilities(prompts, options, contexts, [q.row for q in qs],
+                                               progress=cfg.progress))
     del reader
     embedder = stack_embedder(cfg, device) \
         if {"dense", "consensus"} & set(cfg.stack_features) else None
@@ -664,8 +674,7 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
         raise OpenbookError(f"{out} holds no reader trained by pipeline.train ({READER_CONFIG} "
                             "is missing); train one first")
     saved = json.loads(meta_path.read_text(encoding="utf-8")).get("training") or {}
-    known = {f.name for f in fields(TrainConfig)}
-    cfg_d = {k: v for k, v in saved.items() if k in known}
+    cfg_d = _known_fields(saved)
     cfg_d.update(out=str(out), resume=False, progress=progress)
     if valid is not None:
         cfg_d["valid"] = valid
@@ -679,9 +688,11 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
         raise OpenbookError(f"{out} was trained without --valid: pass --valid VALID.csv "
                             "(labelled questions the reader was not trained on)")
     cfg = TrainConfig(**cfg_d)
-    device = device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device or cfg.device)
     splits = {"valid": load_questions(cfg.valid, require_answer=True)}
-    if cfg.train and Path(cfg.train).is_file():  # the contexts cache is keyed on both splits
+    if valid is None and cfg.train and Path(cfg.train).is_file():
+        # the run's own splits: the contexts cache (keyed on both) is read, not retrieved again
         splits = {"train": load_questions(cfg.train, require_answer=True), **splits}
-    contexts, _ = load_contexts(cfg, splits, device)
+    # never rewrite the run's cache: other --valid questions would replace its contexts
+    contexts, _ = load_contexts(cfg, splits, device, write_cache=False)
     return fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)
