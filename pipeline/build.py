@@ -112,7 +112,7 @@ def fingerprint(cfg: BuildConfig, embedder) -> dict:
     return {"corpus": corpus, "columns": [cfg.title_column, cfg.text_column, cfg.id_column],
             "limit": cfg.limit, "embedder": embedder.name, "dim": embedder.dim,
             "normalize": embedder.normalize, "chunking": cfg.chunk.to_dict(),
-            "backend": [getattr(cfg, "backend", "torch"), getattr(cfg, "quantize", None)],
+            "backend": [cfg.backend, cfg.quantize],
             "shard_size": cfg.shard_size}
 
 

@@ -95,7 +95,7 @@ def ivfpq_spec(n: int, dim: int, m: int, *, nlist: int | None = None, nprobe: in
     factory = (f"OPQ{m}_{y}," if opq else "") + f"{coarse},PQ{m}x8np"  # np: see faiss_index
     return IndexSpec(type="ivfpq", factory=factory, nlist=nlist, m=m, nbits=8,
                      nprobe=nprobe or default_nprobe(nlist),
-                     train_size=int(min(n, max(39, 100) * nlist)), opq=y)
+                     train_size=int(min(n, 100 * nlist)), opq=y)  # autofaiss: 100 a list
 
 
 def default_nprobe(nlist: int) -> int:

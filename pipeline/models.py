@@ -583,7 +583,7 @@ def parser() -> argparse.ArgumentParser:
                    help="fetch again even if a verified copy is present")
     add_output_args(f)
     ls = sub.add_parser("list", help="list known models and whether they are installed")
-    ls.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(ls, progress=False)
     return p
 
 

@@ -133,8 +133,7 @@ def embed_shards_ray(cfg, docs, embedder, writer) -> tuple[int, float]:
             fn_constructor_kwargs={"embedder": embedder.path, "device": device,
                                    "batch_size": cfg.batch_size,
                                    "chunk": cfg.chunk.to_dict(),
-                                   "backend": getattr(cfg, "backend", "torch"),
-                                   "quantize": getattr(cfg, "quantize", None)})
+                                   "backend": cfg.backend, "quantize": cfg.quantize})
         results = {int(r["shard"]): int(r["passages"]) for r in ds.take_all()}
         for item, end in zip(items, ends):  # checkpoint in corpus order
             n = results[item["shard"]]

@@ -50,15 +50,6 @@ def _fsync_rename(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def passage_table(passages: Sequence):
     """A pyarrow table of passages (objects with ``passage_id, doc_id, title, text``)."""
     import pyarrow as pa
@@ -137,7 +128,9 @@ class ShardSet:
         return s
 
     def _checkpoint(self) -> None:
-        _write_json(self.partial / CHECKPOINT_FILE, {
+        from .store import write_json_atomic  # store imports this module
+
+        write_json_atomic(self.partial / CHECKPOINT_FILE, {
             "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "dim": self.dim,
             "shards": self.shards, "documents": self.documents, "passages": self.count})
 
