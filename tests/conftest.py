@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,56 @@ def run_cli(module: str, *args: str, cwd: Path | None = None) -> subprocess.Comp
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
                           cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def popen_cli(module: str, *args) -> subprocess.Popen:
+    """Start ``python -m pipeline.<module>`` without waiting (its pid is the builder's pid).
+
+    SIGINT is reset to its default in the child: a shell's background job (as CI
+    may run us) inherits SIGINT *ignored*, and Python then never raises
+    KeyboardInterrupt, which is what a user's Ctrl-C delivers."""
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen([sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=default_sigint)
+
+
+def wait_for(condition, *, timeout: float = 300, what: str = "condition",
+             proc: subprocess.Popen | None = None) -> None:
+    """Poll ``condition()`` every 10 ms; fail if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Resume (if stopped) and kill a process the test started, then reap it."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        proc.kill()
+    proc.communicate()
+
+
+def kill_when(proc: subprocess.Popen, condition, *, what: str, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` once ``condition()`` holds (fail if it exits first), then reap it."""
+    try:
+        wait_for(condition, proc=proc, what=what, timeout=timeout)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def make_passage(passage_id: str, doc_id: str, title: str = "", text: str = ""):

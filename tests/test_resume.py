@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import kill_when, popen_cli, run_cli
 
 FLAGS = ("--chunk-size", "64", "--chunk-overlap", "16", "--shard-size", "8", "--no-bm25",
          "--no-progress", "--keep-vectors")
@@ -40,23 +35,8 @@ def _shards_done(partial):
 def _kill_after(out, corpus, shards, *extra):
     """Start a build, SIGKILL it once ``shards`` shards are checkpointed; return the partial dir."""
     partial = out.with_name(f".{out.name}.partial")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.build_index", "--corpus", str(corpus),
-                             "--out", str(out), *FLAGS, *extra], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while _shards_done(partial) < shards:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "the build did not checkpoint in time"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    proc = popen_cli("build_index", "--corpus", corpus, "--out", out, *FLAGS, *extra)
+    kill_when(proc, lambda: _shards_done(partial) >= shards, what=f"{shards} checkpointed shards")
     return partial
 
 

@@ -17,10 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, run_cli  # noqa: F401  (re-exported for the test modules)
+from conftest import (REPO, kill_when, popen_cli, run_cli, stop_process,  # noqa: F401
+                      wait_for)  # (re-exported for the test modules)
 
 BUILD_FLAGS = ("--chunk-size", "64", "--chunk-overlap", "16", "--no-progress")
 
@@ -157,21 +157,6 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def popen_cli(module: str, *args) -> subprocess.Popen:
-    """Start ``python -m pipeline.<module>`` without waiting (its pid is the builder's pid).
-
-    SIGINT is reset to its default in the child: a shell's background job (as CI
-    may run us) inherits SIGINT *ignored*, and Python then never raises
-    KeyboardInterrupt, which is what a user's Ctrl-C delivers."""
-
-    def default_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    return subprocess.Popen([sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=default_sigint)
-
-
 def run_cli_file_limit(module: str, *args, max_file_bytes: int) -> subprocess.CompletedProcess:
     """``run_cli`` with RLIMIT_FSIZE set: writing past ``max_file_bytes`` in any file fails
     with EFBIG, as a full disk fails with ENOSPC (SIGXFSZ is ignored so the write returns
@@ -186,25 +171,3 @@ def run_cli_file_limit(module: str, *args, max_file_bytes: int) -> subprocess.Co
                           preexec_fn=limit)
 
 
-def wait_for(condition, *, timeout: float = 300, what: str = "condition",
-             proc: subprocess.Popen | None = None) -> None:
-    """Poll ``condition()`` every 10 ms; fail if ``proc`` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Resume (if stopped) and kill a process the test started, then reap it."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-        proc.kill()
-    proc.communicate()

@@ -12,9 +12,9 @@ import signal
 
 import pytest
 
-from reliability_helpers import (BUILD_FLAGS, assert_ok, assert_user_error, leftovers, many_docs,
-                                 popen_cli, questions_file, run_cli, tiny_corpus, wait_for,
-                                 write_jsonl)
+from reliability_helpers import (BUILD_FLAGS, assert_ok, assert_user_error, kill_when, leftovers,
+                                 many_docs, popen_cli, questions_file, run_cli, tiny_corpus,
+                                 wait_for, write_jsonl)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +26,7 @@ def killed_build(tmp_path_factory):
     partial, lock = base / ".idx.partial", base / ".idx.lock"
     proc = popen_cli("build_index", "--corpus", corpus, "--out", out, *BUILD_FLAGS,
                      "--batch-size", "4")
-    try:
-        wait_for(lambda: (partial / "meta.json").exists(), proc=proc, what=f"{partial}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, lambda: (partial / "meta.json").exists(), what=f"{partial}")
     return {"base": base, "out": out, "partial": partial, "lock": lock, "pid": proc.pid}
 
 
