@@ -249,7 +249,7 @@ def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | 
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
-READER_RETRIEVAL_KEYS = ("top_k", "query")
+READER_RETRIEVAL_KEYS = ("top_k", "query", "focus")
 
 
 def reader_retrieval(cfg: PredictConfig) -> RetrievalConfig:
@@ -266,7 +266,7 @@ def reader_retrieval(cfg: PredictConfig) -> RetrievalConfig:
         taken = {k: saved[k] for k in READER_RETRIEVAL_KEYS if saved.get(k) is not None
                  and getattr(cfg.retrieval, k) == getattr(default, k)}
         if taken:
-            log.info("retrieval settings from %s: %s (--top-k/--query override them)", path, taken)
+            log.info("retrieval settings from %s: %s (--top-k/--query/--focus override them)", path, taken)
         return replace(cfg.retrieval, **taken)
     return cfg.retrieval
 

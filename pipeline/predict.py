@@ -13,6 +13,7 @@ from .answering import PredictConfig, predict
 from .budget import parse_duration
 from .cli import add_output_args, run, setup_logging
 from .errors import OpenbookError
+from .focus import FOCUS_MODES
 from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
 from .store import VERIFY_MODES
 
@@ -59,6 +60,10 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--per-option-queries", "--per-option", action="store_true",
                    help="search 'prompt + option' once per option and fuse the five rankings, "
                         "instead of one 'prompt + all options' query")
+    r.add_argument("--focus", choices=FOCUS_MODES, default=RetrievalConfig.focus,
+                   help="sentences: the context is the passages' sentences, best first "
+                        "(see pipeline.focus) (default: %(default)s, or the reader's saved "
+                        "setting)")
     r.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists searched per query (default: the index's own)")
     r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
@@ -73,7 +78,8 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
 
 def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
-                           retriever=args.retriever, per_option=args.per_option_queries)
+                           retriever=args.retriever, per_option=args.per_option_queries,
+                           focus=args.focus)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ from typing import Sequence
 
 from .chunking import with_title
 from .errors import OpenbookError
+from .focus import FOCUS_MODES, focus_contexts
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class RetrievalConfig:
         per_option: search ``prompt + option`` for each option and fuse the lists.
         rrf_k: the RRF constant (larger = flatter rank weights).
         dense_weight, bm25_weight: RRF weight of each dense / BM25 list.
+        focus: ``none`` (the passages in rank order) or ``sentences`` (their sentences
+            best first, see :mod:`pipeline.focus`); needs the embedder.
     """
 
     top_k: int = 5
@@ -80,6 +83,7 @@ class RetrievalConfig:
     rrf_k: int = 60
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
+    focus: str = "none"
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -94,6 +98,8 @@ class RetrievalConfig:
                                 "drop --query prompt (or drop --per-option-queries)")
         if self.rrf_k < 0 or self.dense_weight < 0 or self.bm25_weight < 0:
             raise OpenbookError("rrf_k and the RRF weights must be >= 0")
+        if self.focus not in FOCUS_MODES:
+            raise OpenbookError(f"--focus must be one of {', '.join(FOCUS_MODES)}, got {self.focus!r}")
         if self.fetch_k is not None and self.fetch_k < 1:
             raise OpenbookError(f"fetch_k must be >= 1, got {self.fetch_k}")
 
@@ -126,9 +132,13 @@ class Contexts:
     titles: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    focused: str | None = None  # set by focus="sentences": the passages' best sentences
 
     def joined(self, sep: str = "\n") -> str:
-        """The passages (title first) joined in rank order: the reader's context."""
+        """The reader's context: the focused sentences when set, else the passages (title
+        first) joined in rank order."""
+        if self.focused is not None:
+            return self.focused
         return sep.join(with_title(t, x) for t, x in zip(self.titles, self.texts))
 
 
@@ -214,7 +224,7 @@ def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = Ret
              *, progress: bool = True) -> list[Contexts]:
     """Top passages for each question (anything with ``prompt`` and ``options``).
 
-    ``embedder`` may be ``None`` when the retriever is ``bm25``. Raises
+    ``embedder`` may be ``None`` when the retriever is ``bm25`` and there is no focus. Raises
     :class:`~pipeline.bm25.Bm25MissingError` if BM25 is asked of an index without it.
     """
     config = config.resolved(store.meta, str(store.path))
@@ -249,4 +259,6 @@ def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = Ret
             if len(ctx.rows) == config.top_k:
                 break
         out.append(ctx)
+    if config.focus == "sentences":
+        focus_contexts(questions, out, embedder, progress=progress)
     return out

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .cli import run, setup_logging
 from .errors import OpenbookError
+from .focus import FOCUS_MODES
 from .retrieval import QUERY_MODES
 from .stacking import CONTEXT_FEATURES
 from .training import LAST_DIR, TrainConfig, resume_config, train
@@ -64,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"passages for validation, saved as predict's default top-k "
                         f"(default {D['contexts_infer']})")
     c.add_argument("--query", choices=QUERY_MODES, help=f"default {D['query']}")
+    c.add_argument("--focus", choices=FOCUS_MODES,
+                   help="sentences: the context is the passages' sentences, best first, so "
+                        "truncation drops the least relevant ones (see pipeline.focus); saved as "
+                        f"predict's default (default {D['focus']})")
     c.add_argument("--embedder", metavar="NAME_OR_PATH",
                    help="where the index's embedder is, if not where it was at build time")
     t = p.add_argument_group("training")

@@ -43,6 +43,7 @@ import torch
 
 from .embedding import pick_device
 from .errors import OpenbookError
+from .focus import FOCUS_MODES
 from .metrics import accuracy_at_1, map_at_3, rank_letters
 from .questions import LETTERS, Question, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
@@ -73,6 +74,7 @@ class TrainConfig:
     contexts_train: int = 3             # passages retrieved per training question
     contexts_infer: int = 5             # passages for validation and (saved) for predict
     query: str = "prompt+options"
+    focus: str = "none"                 # or "sentences": see pipeline.focus
     embedder: str | None = None         # where the index's embedder is (as predict --embedder)
     max_length: int = 256
     epochs: int = 2
@@ -113,6 +115,7 @@ class TrainConfig:
                   (self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 1,
                    "--batch-size, --grad-accum and --epochs must be >= 1"),
                   (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
+                  (self.focus in FOCUS_MODES, f"--focus must be one of {', '.join(FOCUS_MODES)}"),
                   (self.contexts_train >= 0 and self.contexts_infer >= 0,
                    "--contexts-train and --contexts-infer must be >= 0"),
                   (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
@@ -190,10 +193,15 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
     return TrainConfig(**_known_fields(cfg))
 
 
+# Fields added after readers were first saved, with the value those readers were trained with.
+LEGACY_FIELDS = {"focus": "none"}
+
+
 def _known_fields(saved: dict) -> dict:
-    """The entries of a saved training config that :class:`TrainConfig` still has."""
+    """The entries of a saved training config that :class:`TrainConfig` still has; fields it
+    lacks that were added later take the value of :data:`LEGACY_FIELDS` (how it was trained)."""
     known = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in saved.items() if k in known}
+    return {**LEGACY_FIELDS, **{k: v for k, v in saved.items() if k in known}}
 
 
 # ---------------------------------------------------------------- contexts
@@ -210,7 +218,7 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
     """``({split: [context, ...]}, retrieval settings)``, cached in ``OUT/contexts.jsonl``
     (read when its key matches; rewritten after a retrieval unless ``write_cache`` is false)."""
     settings: dict[str, Any] = {"source": "context column" if cfg.use_context_column else "index",
-                                "query": cfg.query, "top_k": cfg.contexts_infer,
+                                "query": cfg.query, "focus": cfg.focus, "top_k": cfg.contexts_infer,
                                 "top_k_train": cfg.contexts_train, "embedder": None,
                                 "index": str(Path(cfg.index).resolve()) if cfg.index else None}
     store = None
@@ -229,8 +237,8 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
     from .answering import open_embedder
     from .retrieval import RetrievalConfig, retrieve
 
-    rcfg = {"train": RetrievalConfig(top_k=cfg.contexts_train, query=cfg.query),
-            "valid": RetrievalConfig(top_k=cfg.contexts_infer, query=cfg.query)}
+    rcfg = {"train": RetrievalConfig(top_k=cfg.contexts_train, query=cfg.query, focus=cfg.focus),
+            "valid": RetrievalConfig(top_k=cfg.contexts_infer, query=cfg.query, focus=cfg.focus)}
     settings["retrieval_train"] = rcfg["train"].resolved(store.meta, cfg.index).to_dict()
     settings["retrieval_infer"] = rcfg["valid"].resolved(store.meta, cfg.index).to_dict()
     key = {"settings": settings, "ids": {n: [q.id for q in qs] for n, qs in splits.items()},

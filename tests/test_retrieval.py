@@ -300,3 +300,32 @@ def test_embedder_embeds_a_repeated_text_once(embedder, monkeypatch):
     np.testing.assert_allclose(got[[0, 1, 3]], expected, atol=1e-6)
     np.testing.assert_array_equal(got[0], got[2])
     np.testing.assert_array_equal(got[1], got[4])
+
+
+def test_focus_puts_the_answering_sentence_first(store, embedder):
+    from pipeline.focus import passage_sentences
+
+    q = Q("Above what pressure does Zorblaxite dissolve in water?",
+          ("3.14 atmospheres", "1 atmosphere", "7741.3 atmospheres", "0.6 atmospheres", "never"))
+    plain = retrieve([q], store, embedder, RetrievalConfig(top_k=3), progress=False)[0]
+    focused = retrieve([q], store, embedder, RetrievalConfig(top_k=3, focus="sentences"),
+                       progress=False)[0]
+    assert focused.rows == plain.rows and plain.focused is None
+    assert _doc(store, plain)[0] == "zorb"
+    assert plain.joined().startswith("Zorblaxite")  # the passage as it is: title, first sentence
+    first = focused.joined().split("\n")[0]
+    assert "dissolves in H2O at pressures above 3.14" in first, focused.joined()
+    # nothing added, nothing lost: the same sentences in another order
+    every = [s for t, x in zip(plain.titles, plain.texts) for s in passage_sentences(t, x)]
+    assert sorted(focused.joined().split("\n")) == sorted(every)
+
+
+def test_focus_checks_and_empty_contexts(store, embedder):
+    with pytest.raises(Exception, match="--focus must be one of none, sentences"):
+        RetrievalConfig(focus="paragraphs")
+    q = Q("x", ("a", "b", "c", "d", "e"))
+    assert retrieve([q], store, embedder, RetrievalConfig(top_k=0, focus="sentences"),
+                    progress=False)[0].joined() == ""
+    with pytest.raises(ValueError, match="embedder"):
+        retrieve([q], store, None, RetrievalConfig(retriever="bm25", focus="sentences"),
+                 progress=False)

@@ -353,3 +353,32 @@ def test_collapse_is_told_apart_from_no_learning_and_from_learning():
     assert collapsed(back, 5)
     assert not collapsed(back[:230], 5)  # still below chance on average
     assert not collapsed(back[:40], 5)  # too few steps to say
+
+
+def test_focus_saved_with_the_reader_and_used_by_predict(tiny_bert, train_csv, tiny_index,
+                                                         easy_questions, tmp_path):
+    from pipeline.training import _known_fields
+
+    out = tmp_path / "reader"
+    res = run_cli("train", train_csv, "--index", tiny_index, "--model", tiny_bert, "--out", out,
+                  "--focus", "sentences", "--contexts-train", "2", "--contexts-infer", "2",
+                  "--max-steps", "1", "--batch-size", "4", "--max-length", "64", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "openbook_reader.json").read_text())
+    assert meta["retrieval"]["focus"] == "sentences" and meta["training"]["focus"] == "sentences"
+    assert meta["retrieval"]["retrieval_train"]["focus"] == "sentences"
+    rows = [json.loads(x) for x in (out / "contexts.jsonl").read_text().splitlines()[1:]]
+    # two passages became their sentences, one a line
+    assert all(len(r["context"].split("\n")) > len(r["passages"]) for r in rows)
+
+    sub = tmp_path / "sub.csv"
+    res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
+                  "--out", sub, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(sub.with_name("sub.report.json").read_text())
+    assert report["retrieval"]["focus"] == "sentences" and report["retrieval"]["top_k"] == 2
+    # readers saved before --focus existed were trained on the passages as they are
+    assert _known_fields({"lr": 1e-4}) == {"lr": 1e-4, "focus": "none"}
+    res = run_cli("train", train_csv, "--index", tiny_index, "--out", tmp_path / "x",
+                  "--focus", "words")
+    assert res.returncode == 2 and "--focus" in res.stderr and "Traceback" not in res.stderr
