@@ -45,6 +45,7 @@ import numpy as np
 
 from .answering import PredictConfig, open_embedder, reader_retrieval, score_options
 from .errors import OpenbookError
+from .focus import focus_contexts
 from .metrics import accuracy_at_1, average_precision_at_3, map_at_3, rank_letters
 from .questions import LETTERS, Question, load_questions
 from .retrieval import Contexts, RetrievalConfig, retrieve
@@ -213,6 +214,15 @@ def first_k(ctx: Contexts, k: int) -> Contexts:
                     texts=ctx.texts[:k], scores=ctx.scores[:k])
 
 
+def first_k_all(questions, contexts: Sequence[Contexts], k: int, retrieval: RetrievalConfig,
+                embedder) -> list[Contexts]:
+    """:func:`first_k` of each question's contexts, focused as ``retrieval`` says."""
+    out = [first_k(c, k) for c in contexts]
+    if retrieval.focus == "sentences":
+        focus_contexts(questions, out, embedder)
+    return out
+
+
 def context_steps(top_k: int, max_contexts: int) -> list[int]:
     """The k's of the MAP@3-vs-contexts curve: :data:`CONTEXT_STEPS` up to ``max_contexts``,
     plus ``top_k``.
@@ -270,23 +280,25 @@ def _retrieve_wide(questions, store, embedder, retrieval: RetrievalConfig, k_max
     if k_max <= retrieval.top_k:
         ctx = retrieve(questions, store, embedder, retrieval, progress=progress)
         return ctx, ctx
-    wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch)
+    # the wide contexts are cut to each k of the curve, then focused (if asked) at that k
+    wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch, focus="none")
     wide_ctx = retrieve(questions, store, embedder, wide, progress=progress)
     if wide.fetch == retrieval.fetch:
-        return [first_k(c, retrieval.top_k) for c in wide_ctx], wide_ctx
+        return first_k_all(questions, wide_ctx, retrieval.top_k, retrieval, embedder), wide_ctx
     return retrieve(questions, store, embedder, retrieval, progress=progress), wide_ctx
 
 
-def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps, top_k: int,
-                   headline: tuple[float, float]) -> list[dict]:
+def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps,
+                   retrieval: RetrievalConfig, headline: tuple[float, float]) -> list[dict]:
     """MAP@3 and accuracy@1 for each k in ``steps``, all k's scored in one call."""
     answers = [q.answer for q in questions]
-    others = [k for k in steps if k != top_k]
-    curve = {top_k: headline}
+    others = [k for k in steps if k != retrieval.top_k]
+    curve = {retrieval.top_k: headline}
     if others:
         log.info("scoring with %s contexts for the MAP@3-vs-contexts curve", others)
         qs = [q for _ in others for q in questions]
-        ctx = [first_k(c, k) for k in others for c in wide_ctx]
+        ctx = [c for k in others
+               for c in first_k_all(questions, wide_ctx, k, retrieval, embedder)]
         scores, _, _ = score_options(pcfg, qs, ctx, embedder)
         n = len(questions)
         for i, k in enumerate(others):
@@ -306,7 +318,7 @@ def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
     qs = [questions[i] for i in known]
     table, ranks = {}, {}
     for name in retrievers:
-        cfg = replace(retrieval, retriever=name, top_k=max(ks), fetch_k=None)
+        cfg = replace(retrieval, retriever=name, top_k=max(ks), fetch_k=None, focus="none")
         ctx = retrieve(qs, store, embedder if name != "bm25" else None, cfg, progress=progress)
         found = [source_rank(c, sources[i]) for c, i in zip(ctx, known)]
         table[name] = {"n": len(known), "recall@k": {
@@ -344,8 +356,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     rankings = rank_letters(scores)
     map3, acc = map_at_3(rankings, answers), accuracy_at_1(rankings, answers)
     seconds_headline = time.perf_counter() - t0
-    curve = _context_curve(pcfg, questions, wide_ctx, embedder, steps, retrieval.top_k,
-                           (map3, acc))
+    curve = _context_curve(pcfg, questions, wide_ctx, embedder, steps, retrieval, (map3, acc))
 
     recall, ranks = None, {}
     if any(s is not None for s in sources):

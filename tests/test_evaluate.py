@@ -192,3 +192,28 @@ def test_plots_and_markdown_without_recall(tmp_path):
     md = report_markdown(m, {"curve": "c.png", "margins": "m.png"})
     assert "![MAP@3 vs number of contexts](c.png)" in md and "No recall@k" in md
     assert "| **0.600** | 0.500 | 2 |" in md
+
+
+def test_focused_contexts_match_predict(tiny_index, with_title, tmp_path, minilm_path):
+    """The headline is cut from a wider retrieval, then focused: exactly predict's contexts."""
+    from pipeline.evaluation import EvaluateConfig, evaluate
+    from pipeline.retrieval import RetrievalConfig
+
+    reader = str(_tiny_reader("deberta-v2", tmp_path / "deberta", minilm_path))
+    focus = RetrievalConfig(top_k=3, focus="sentences")
+    out = tmp_path / "report"
+    res = evaluate(EvaluateConfig(questions=str(with_title), index=str(tiny_index), out=str(out),
+                                  readers=[reader], retrieval=focus, max_length=128,
+                                  max_contexts=5, recall_k=(1, 5), plots=False, progress=False))
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert m["retrieval"]["focus"] == "sentences" and [c["k"] for c in m["map@3_vs_contexts"]] == [1, 2, 3, 5]
+    pred = tmp_path / "pred" / "s.csv"
+    from pipeline.answering import PredictConfig, predict
+
+    p = predict(PredictConfig(questions=str(with_title), index=str(tiny_index), out=str(pred),
+                              readers=[reader], retrieval=focus, max_length=128, progress=False))
+    assert res.map3 == pytest.approx(p.map3, abs=1e-9)
+    with open(out / "per_question.csv", encoding="utf-8", newline="") as f:
+        ev = {r["id"]: float(r["score_A"]) for r in csv.DictReader(f)}
+    rep = json.loads(pred.with_name("s.report.json").read_text(encoding="utf-8"))
+    assert {q["id"]: round(q["scores"]["A"], 5) for q in rep["per_question"]} == pytest.approx(ev, abs=1e-4)
