@@ -88,17 +88,28 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
     answers = [q.answer for q in qs]
     store = load_index(index)
     emb = open_embedder(store, None, None)
-    cfg = PredictConfig(questions=questions_csv, index=index, readers=readers[:1], progress=False)
-    retrieval = reader_retrieval(cfg)
-    if top_k:
-        retrieval = replace(retrieval, top_k=top_k)
-    retrieval = retrieval.resolved(store.meta, index)
-    t = time.perf_counter()
-    contexts = retrieve(qs, store, emb, retrieval, progress=False)
-    t_ret = time.perf_counter() - t
-    ctx = [c.joined() for c in contexts]
     prompts, options, rows = [q.prompt for q in qs], [list(q.options) for q in qs], [q.row for q in qs]
-    tag = f"{name} ({len(qs)} q, top-{retrieval.top_k} {retrieval.retriever})"
+    found: dict[str, tuple] = {}  # retrieval settings -> (contexts, seconds, stacker evidence)
+
+    def contexts_for(reader: str | None) -> tuple[RetrievalConfig, list[str], float, dict]:
+        """The contexts ``reader`` is scored with: its own saved settings, as predict would
+        give it alone (``--top-k`` overrides); retrieved once per distinct settings."""
+        cfg = PredictConfig(questions=questions_csv, index=index, readers=[reader] if reader else [],
+                            progress=False)
+        retrieval = reader_retrieval(cfg)
+        if top_k:
+            retrieval = replace(retrieval, top_k=top_k)
+        retrieval = retrieval.resolved(store.meta, index)
+        key = json.dumps(retrieval.to_dict(), sort_keys=True)
+        if key not in found:
+            t = time.perf_counter()
+            ctx = [c.joined() for c in retrieve(qs, store, emb, retrieval, progress=False)]
+            found[key] = (ctx, time.perf_counter() - t, {})
+        return (retrieval, *found[key])
+
+    retrieval, ctx, t_ret, _ = contexts_for(readers[0] if readers else None)
+    tag = f"{name} ({len(qs)} q, top-{retrieval.top_k} {retrieval.retriever}" + \
+        (f", focus {retrieval.focus}" if retrieval.focus != "none" else "") + ")"
     out = []
 
     def add(scorer: str, scores: np.ndarray, seconds: float, **extra) -> np.ndarray:
@@ -115,17 +126,19 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
                                                                      progress=False),
             time.perf_counter() - t + t_ret)
     probs = []
-    evidence: dict[str, np.ndarray] = {}
     for path in readers:
+        r_retrieval, ctx, t_ret, evidence = contexts_for(path)
+        own = "" if r_retrieval == retrieval else \
+            f" (top-{r_retrieval.top_k}, focus {r_retrieval.focus})"
         t = time.perf_counter()
         p = _cached(cache, path, questions_csv, ctx,
                     lambda: MultipleChoiceReader.from_pretrained(path).probabilities(
                         prompts, options, ctx, rows, progress=False))
-        add(f"reader {Path(path).name}", p, time.perf_counter() - t + t_ret)
+        add(f"reader {Path(path).name}{own}", p, time.perf_counter() - t + t_ret)
         t = time.perf_counter()
         stacked, described = apply_stacker(path, p, prompts, options, ctx, emb, evidence)
         if described:
-            add(f"reader {Path(path).name} + stacker", stacked,
+            add(f"reader {Path(path).name}{own} + stacker", stacked,
                 time.perf_counter() - t + t_ret, weights=described["features"])
         probs.append(stacked)
     if len(readers) > 1:
