@@ -49,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("train", metavar="TRAIN.csv", help="labelled questions to train on")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained reader")
     p.add_argument("--valid", metavar="VALID.csv", help="labelled questions: MAP@3 every epoch; "
-                   "the best checkpoint is kept (default: the last)")
+                   "the best checkpoint is kept (default: --valid-split of TRAIN.csv)")
+    p.add_argument("--valid-split", type=float, metavar="F",
+                   help="without --valid: hold out this fraction of TRAIN.csv (20 to 500 "
+                        "questions, written to OUT/valid_holdout.csv) to choose the best "
+                        f"checkpoint and fit the stacker; 0 trains on all (default {D['valid_split']})")
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="AutoModelForMultipleChoice folder or hub name, or the alias minilm/mpnet "
                         "(default: the all-MiniLM-L6-v2 folder)")

@@ -52,6 +52,10 @@ from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features, r
 log = logging.getLogger(__name__)
 
 CONTEXTS_FILE, LOG_FILE, LAST_DIR = "contexts.jsonl", "log.jsonl", "last"
+#: Without ``--valid``: the questions held out of TRAIN.csv (checkpoint choice and stacker).
+HOLDOUT_FILE = "valid_holdout.csv"
+#: A held-out part smaller than this is not worth it: train on everything.
+MIN_HOLDOUT, MAX_HOLDOUT = 20, 500
 POOLINGS = ("auto", "cls", "mean", "mean-question")
 #: What ``--pooling auto`` picks for a sentence-transformers (mean-pooling) checkpoint.
 AUTO_MEAN = "mean-question"
@@ -70,6 +74,7 @@ class TrainConfig:
     index: str | None = None            # required unless use_context_column
     model: str | None = None            # default: the all-MiniLM-L6-v2 folder
     valid: str | None = None
+    valid_split: float = 0.1            # without --valid: this fraction of TRAIN held out (0: none)
     use_context_column: bool = False    # contexts from the CSVs' 'context' column
     contexts_train: int = 3             # passages retrieved per training question
     contexts_infer: int = 5             # passages for validation and (saved) for predict
@@ -119,6 +124,8 @@ class TrainConfig:
                   (self.contexts_train >= 0 and self.contexts_infer >= 0,
                    "--contexts-train and --contexts-infer must be >= 0"),
                   (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
+                  (0 <= self.valid_split < 1,
+                   "--valid-split is a fraction of TRAIN.csv, in [0, 1) (0: hold out nothing)"),
                   (self.freeze_layers >= 0, "--freeze-layers must be >= 0"),
                   (self.log_every >= 1, "--log-every must be >= 1"),
                   (self.lr is None or self.lr > 0, "--lr must be > 0"),
@@ -147,7 +154,8 @@ def default_model() -> str:
 
 # ---------------------------------------------------------------- output folder, resume
 def _is_run_dir(out: Path) -> bool:
-    return any((out / n).exists() for n in (READER_CONFIG, LAST_DIR, LOG_FILE, CONTEXTS_FILE))
+    return any((out / n).exists() for n in (READER_CONFIG, LAST_DIR, LOG_FILE, CONTEXTS_FILE,
+                                            HOLDOUT_FILE))
 
 
 def check_out_dir(cfg: TrainConfig) -> None:
@@ -202,6 +210,75 @@ def _known_fields(saved: dict) -> dict:
     lacks that were added later take the value of :data:`LEGACY_FIELDS` (how it was trained)."""
     known = {f.name for f in fields(TrainConfig)}
     return {**LEGACY_FIELDS, **{k: v for k, v in saved.items() if k in known}}
+
+
+# ---------------------------------------------------------------- held-out questions
+def holdout_size(n: int, fraction: float) -> int:
+    """How many of ``n`` training questions ``--valid-split fraction`` holds out: 0 when that
+    would be fewer than :data:`MIN_HOLDOUT`, at most :data:`MAX_HOLDOUT`.
+
+    >>> holdout_size(1000, 0.1), holdout_size(100, 0.1), holdout_size(9000, 0.1)
+    (100, 0, 500)
+    """
+    k = min(MAX_HOLDOUT, round(n * fraction))
+    return k if k >= MIN_HOLDOUT and n - k >= k else 0
+
+
+def split_holdout(qs: Sequence[Question], fraction: float, seed: int
+                  ) -> tuple[list[Question], list[Question]]:
+    """``(train, held_out)``: a seeded random ``holdout_size`` of ``qs`` held out, both in
+    file order. The same questions, fraction and seed always give the same split."""
+    import random
+
+    k = holdout_size(len(qs), fraction)
+    held = set(random.Random(seed).sample(range(len(qs)), k)) if k else set()
+    return ([q for i, q in enumerate(qs) if i not in held],
+            [q for i, q in enumerate(qs) if i in held])
+
+
+def write_questions(path: Path, qs: Sequence[Question]) -> None:
+    """``qs`` as a labelled CSV (``id,prompt[,context],A..,answer``) that
+    :func:`~pipeline.questions.load_questions` reads back; written atomically."""
+    import csv
+
+    letters = list(LETTERS[:max(len(q.options) for q in qs)])
+    with_ctx = any(q.context for q in qs)
+    cols = ["id", "prompt", *(["context"] if with_ctx else []), *letters, "answer"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for q in qs:
+            w.writerow([q.id, q.prompt, *([q.context or ""] if with_ctx else []), *q.options,
+                        q.answer])
+    os.replace(tmp, path)
+
+
+def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question]) -> dict:
+    """The run's ``{"train": ..., "valid": ...}`` questions. With ``--valid``, that file.
+    Without it, ``--valid-split`` of TRAIN.csv is held out, written to ``OUT/valid_holdout.csv``
+    and set as ``cfg.valid`` (so that the best checkpoint is chosen and the stacker fitted
+    on questions the reader did not train on, and ``pipeline.stack`` finds them); a resumed
+    run leaves the same questions out."""
+    holdout = out / HOLDOUT_FILE
+    if cfg.valid and Path(cfg.valid).resolve() == holdout.resolve():  # --resume of such a run
+        valid = load_questions(holdout, require_answer=True)
+        ids = {q.id for q in valid}
+        return {"train": [q for q in train_qs if q.id not in ids], "valid": valid}
+    if cfg.valid:
+        return {"train": train_qs, "valid": load_questions(cfg.valid, require_answer=True)}
+    train, held = split_holdout(train_qs, cfg.valid_split, cfg.seed)
+    if not held:
+        if cfg.valid_split > 0:
+            log.warning("no --valid and only %d training questions: holding none out, so the "
+                        "last checkpoint is kept and no stacker is fitted", len(train_qs))
+        return {"train": train}
+    write_questions(holdout, held)
+    cfg.valid = str(holdout)
+    log.info("no --valid: holding out %d of %d training questions (--valid-split %g) in %s for "
+             "checkpoint choice and the stacker; --valid-split 0 trains on all", len(held),
+             len(train_qs), cfg.valid_split, holdout)
+    return {"train": train, "valid": held}
 
 
 # ---------------------------------------------------------------- contexts
@@ -462,13 +539,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume:
         state = json.loads((out / LAST_DIR / "trainer_state.json").read_text(encoding="utf-8"))
     train_qs = load_questions(cfg.train, require_answer=True)
-    splits = {"train": train_qs}
-    if cfg.valid:
-        splits["valid"] = load_questions(cfg.valid, require_answer=True)
+    if cfg.valid and Path(cfg.valid).resolve() != (out / HOLDOUT_FILE).resolve():
+        load_questions(cfg.valid, require_answer=True)  # a bad --valid fails before anything
     device = pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and not cfg.resume:
         _clear_run(out)
+    splits = held_out_splits(cfg, out, train_qs)
+    train_qs = splits["train"]
     contexts, retrieval = load_contexts(cfg, splits, device)
 
     torch.manual_seed(cfg.seed)

@@ -382,3 +382,55 @@ def test_focus_saved_with_the_reader_and_used_by_predict(tiny_bert, train_csv, t
     res = run_cli("train", train_csv, "--index", tiny_index, "--out", tmp_path / "x",
                   "--focus", "words")
     assert res.returncode == 2 and "--focus" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_split_holdout_is_seeded_disjoint_and_bounded():
+    from pipeline.questions import Question
+    from pipeline.training import holdout_size, split_holdout
+
+    qs = [Question(f"q{i}", "p", ("a", "b", "c", "d", "e"), "A", None, i + 1) for i in range(300)]
+    train, held = split_holdout(qs, 0.1, seed=3)
+    assert len(held) == 30 and len(train) == 270
+    assert {q.id for q in train}.isdisjoint(q.id for q in held)
+    assert [q.row for q in held] == sorted(q.row for q in held)  # file order kept
+    assert [q.id for q in split_holdout(qs, 0.1, seed=3)[1]] == [q.id for q in held]
+    assert [q.id for q in split_holdout(qs, 0.1, seed=4)[1]] != [q.id for q in held]
+    assert split_holdout(qs, 0.0, seed=3) == (qs, [])
+    assert holdout_size(150, 0.1) == 0 and holdout_size(40, 0.5) == 20
+    assert holdout_size(100_000, 0.1) == 500
+
+
+def test_train_without_valid_holds_out_questions_for_checkpoint_and_stacker(
+        tiny_bert, tiny_index, tmp_path):
+    """No --valid: --valid-split of TRAIN.csv is held out (never trained on), written to
+    OUT/valid_holdout.csv, used for the best checkpoint and the stacker; resume keeps it out."""
+    rows = (_sample_rows() * 2)[:40]
+    path = tmp_path / "train40.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", *"ABCDE", "answer"])
+        for i, r in enumerate(rows):
+            w.writerow([f"x{i}", r["prompt"], *(r[x] for x in "ABCDE"), r["answer"]])
+    out = tmp_path / "reader"
+    common = ["--index", tiny_index, "--model", tiny_bert, "--out", out, "--batch-size", "4",
+              "--max-length", "64", "--contexts-train", "1", "--contexts-infer", "1",
+              "--valid-split", "0.5", "--no-progress"]
+    res = run_cli("train", path, *common, "--max-steps", "2")
+    assert res.returncode == 0, res.stderr
+    assert "holding out 20 of 40" in res.stderr
+    with open(out / "valid_holdout.csv", encoding="utf-8", newline="") as f:
+        held = list(csv.DictReader(f))
+    assert len(held) == 20 and set(held[0]) == {"id", "prompt", *"ABCDE", "answer"}
+    ctx = [json.loads(x) for x in (out / "contexts.jsonl").read_text().splitlines()[1:]]
+    trained = {r["id"] for r in ctx if r["split"] == "train"}
+    assert len(trained) == 20 and trained.isdisjoint(r["id"] for r in held)
+    meta = json.loads((out / "openbook_reader.json").read_text())
+    assert Path(meta["training"]["valid"]).name == "valid_holdout.csv" and meta["validation"]
+    assert json.loads((out / "openbook_stack.json").read_text())["info"]["n_questions"] == 20
+
+    res = run_cli("train", path, *common, "--max-steps", "4", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "contexts from the cache" in res.stderr  # same train/valid ids as before
+
+    res = run_cli("train", path, *common[:-2], "--valid-split", "1.5", "--out", tmp_path / "r2")
+    assert res.returncode == 2 and "--valid-split" in res.stderr and "Traceback" not in res.stderr
