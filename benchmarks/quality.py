@@ -190,6 +190,8 @@ def main() -> int:
                    help="contexts per question (default: the first reader's, else 5)")
     p.add_argument("--limit", type=int, default=None, help="first N test questions only")
     p.add_argument("--no-recall", action="store_true")
+    p.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
+                   help="skip the zero-shot row (readers and ensemble only)")
     p.add_argument("--recall-only", action="store_true", help="only the recall table")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--cache", default=None, metavar="DIR",
@@ -206,10 +208,11 @@ def main() -> int:
         pd.read_csv(args.test, keep_default_na=False, dtype=str).head(args.limit).to_csv(test, index=False)
     t0 = time.perf_counter()
     rows = [] if args.recall_only else score_set("shared test split", test, args.index,
-                                                 args.readers, args.top_k, cache=args.cache)
+                                                 args.readers, args.top_k, args.zero_shot,
+                                                 cache=args.cache)
     if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
-                          args.top_k, cache=args.cache)
+                          args.top_k, args.zero_shot, cache=args.cache)
     recall = [] if args.no_recall else recall_rows(test, args.index)
     if rows:
         sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")

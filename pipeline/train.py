@@ -17,7 +17,7 @@ from .errors import OpenbookError
 from .focus import FOCUS_MODES
 from .retrieval import QUERY_MODES
 from .stacking import CONTEXT_FEATURES
-from .training import LAST_DIR, TrainConfig, resume_config, train
+from .training import LAST_DIR, SELECT_BY, TrainConfig, resume_config, train
 
 EXAMPLES = """\
 examples:
@@ -97,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
         t.add_argument(flag, type=typ, help=f"{help_} (default {D[name]})")
     t.add_argument("--lr", type=float, help="backbone learning rate (default: 1e-4 for small "
                    "backbones, hidden size <= 512 such as MiniLM; 2e-5 for base/large ones)")
+    t.add_argument("--select", choices=SELECT_BY, help="what picks the best checkpoint on "
+                   "--valid: map@3, or loss (mean negative log-likelihood of the right option) "
+                   f"(default {D['select']})")
     t.add_argument("--schedule", choices=("cosine", "linear"), help="decay after warmup "
                    f"(default {D['schedule']})")
     t.add_argument("--pooling", choices=("auto", "cls", "mean", "mean-question"),
@@ -139,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = train(cfg)
     sys.stdout.write(f"trained {res.step} steps; reader in {res.out}\n")
     if res.best and "map@3" in res.best:
+        loss = f", loss = {res.best['loss']:.4f}" if "loss" in res.best else ""
         sys.stdout.write(f"best valid MAP@3 = {res.best['map@3']:.4f} "
-                         f"(accuracy@1 = {res.best['accuracy@1']:.4f}) at step {res.best['step']}\n")
+                         f"(accuracy@1 = {res.best['accuracy@1']:.4f}{loss}) at step "
+                         f"{res.best['step']}\n")
     return 0
 
 

@@ -44,7 +44,7 @@ import torch
 from .embedding import pick_device
 from .errors import OpenbookError
 from .focus import FOCUS_MODES
-from .metrics import accuracy_at_1, map_at_3, rank_letters
+from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from .questions import LETTERS, Question, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
 from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features, reader_feature
@@ -57,6 +57,9 @@ HOLDOUT_FILE = "valid_holdout.csv"
 #: A held-out part smaller than this is not worth it: train on everything.
 MIN_HOLDOUT, MAX_HOLDOUT = 20, 500
 POOLINGS = ("auto", "cls", "mean", "mean-question")
+#: What picks the best checkpoint: MAP@3 on --valid, or the validation loss (mean negative
+#: log-likelihood of the right option, which counts how sure the reader is on every question).
+SELECT_BY = ("map@3", "loss")
 #: What ``--pooling auto`` picks for a sentence-transformers (mean-pooling) checkpoint.
 AUTO_MEAN = "mean-question"
 #: Fields that only steer a run (may differ on --resume); all others are the recipe.
@@ -99,6 +102,7 @@ class TrainConfig:
     seed: int = 42
     max_steps: int | None = None        # stop after this many optimizer steps (overrides epochs)
     eval_every: int | None = None
+    select: str = "map@3"               # best checkpoint by valid "map@3" or "loss" (mean NLL)
     save_every: int | None = None
     log_every: int = 10
     eval_batch_size: int = 8
@@ -121,6 +125,7 @@ class TrainConfig:
                    "--batch-size, --grad-accum and --epochs must be >= 1"),
                   (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
                   (self.focus in FOCUS_MODES, f"--focus must be one of {', '.join(FOCUS_MODES)}"),
+                  (self.select in SELECT_BY, f"--select must be one of {', '.join(SELECT_BY)}"),
                   (self.contexts_train >= 0 and self.contexts_infer >= 0,
                    "--contexts-train and --contexts-infer must be >= 0"),
                   (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
@@ -202,7 +207,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
 
 
 # Fields added after readers were first saved, with the value those readers were trained with.
-LEGACY_FIELDS = {"focus": "none"}
+LEGACY_FIELDS = {"focus": "none", "select": "map@3"}
 
 
 def _known_fields(saved: dict) -> dict:
@@ -459,13 +464,41 @@ def make_batch(reader: MultipleChoiceReader, qs: Sequence[Question], contexts: S
 
 
 def evaluate(reader: MultipleChoiceReader, qs: Sequence[Question], contexts: Sequence[str]) -> dict:
-    """MAP@3 and accuracy@1 through the reader's own scoring path (as predict)."""
+    """MAP@3, accuracy@1 and loss (mean negative log-likelihood of the right option)
+    through the reader's own scoring path (as predict)."""
     scores = reader.score([q.prompt for q in qs], [list(q.options) for q in qs], contexts,
                           [q.row for q in qs], progress=False)
     ranks, answers = rank_letters(scores), [q.answer for q in qs]
     reader.model.train()
     return {"map@3": round(map_at_3(ranks, answers), 5),
-            "accuracy@1": round(accuracy_at_1(ranks, answers), 5)}
+            "accuracy@1": round(accuracy_at_1(ranks, answers), 5),
+            "loss": round(validation_loss(scores, answers), 5)}
+
+
+def validation_loss(scores: np.ndarray, answers: Sequence[str]) -> float:
+    """Mean ``-log p(right option)`` of the scores ``(n, n_options)``.
+
+    >>> round(validation_loss(np.zeros((2, 5)), ["A", "C"]), 4)  # chance: ln 5
+    1.6094
+    """
+    logp = np.log(np.maximum(softmax(np.asarray(scores, dtype=np.float64)), 1e-12))
+    return float(-np.mean([logp[i, LETTERS.index(a)] for i, a in enumerate(answers)]))
+
+
+def improves(metrics: dict, best: dict | None, select: str) -> bool:
+    """True if validation ``metrics`` beat the ``best`` so far by ``select`` (a first
+    validation always does; a best saved before losses were logged is beaten on MAP@3).
+
+    >>> improves({"map@3": 0.6, "loss": 1.2}, {"map@3": 0.7, "loss": 1.3}, "loss")
+    True
+    >>> improves({"map@3": 0.6, "loss": 1.2}, {"map@3": 0.7, "loss": 1.3}, "map@3")
+    False
+    """
+    if best is None or "map@3" not in best:
+        return True
+    if select == "loss" and "loss" in best:
+        return metrics["loss"] < best["loss"]
+    return metrics["map@3"] > best["map@3"]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -616,9 +649,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                        **evaluate(reader, splits["valid"], contexts["valid"])}
             history.append(metrics)
             _append_log(out, {"step": step, "valid": metrics})
-            log.info("step %d: valid MAP@3 %.4f, accuracy@1 %.4f (%.0f s)", step,
-                     metrics["map@3"], metrics["accuracy@1"], time.perf_counter() - t)
-            if best is not None and metrics["map@3"] <= best["map@3"]:
+            log.info("step %d: valid MAP@3 %.4f, accuracy@1 %.4f, loss %.4f (%.0f s)", step,
+                     metrics["map@3"], metrics["accuracy@1"], metrics["loss"],
+                     time.perf_counter() - t)
+            if not improves(metrics, best, cfg.select):
                 write_json(out / READER_CONFIG, reader_meta())  # the history, same weights
                 return
             best = metrics

@@ -66,7 +66,8 @@ def test_train_context_column_then_predict_uses_saved_settings(
     res = run_cli("train", train_csv, "--use-context-column", "--index", tiny_index,
                   "--model", tiny_bert, "--valid", train_csv, "--out", out, "--max-steps", "4",
                   "--batch-size", "4", "--max-length", "64", "--contexts-infer", "2",
-                  "--query", "prompt", "--log-every", "1", "--eval-every", "2", "--no-progress")
+                  "--query", "prompt", "--log-every", "1", "--eval-every", "2", "--select", "loss",
+                  "--no-progress")
     assert res.returncode == 0, res.stderr
     assert "trained 4 steps" in res.stdout and "best valid MAP@3" in res.stdout
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -80,6 +81,9 @@ def test_train_context_column_then_predict_uses_saved_settings(
     assert meta["training"]["max_steps"] == 4 and meta["training"]["lr"] > 0
     assert [h["step"] for h in meta["validation"]] == [2, 4]
     assert 0 <= meta["best"]["map@3"] <= 1
+    # --select loss: the best checkpoint is the lowest validation loss
+    assert meta["best"]["loss"] == min(h["loss"] for h in meta["validation"]) > 0
+    assert meta["training"]["select"] == "loss"
     log = _log(out)
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and "lr" in r and "head_lr" in r for r in log if "loss" in r)
@@ -434,3 +438,18 @@ def test_train_without_valid_holds_out_questions_for_checkpoint_and_stacker(
 
     res = run_cli("train", path, *common[:-2], "--valid-split", "1.5", "--out", tmp_path / "r2")
     assert res.returncode == 2 and "--valid-split" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_checkpoint_selection_by_loss_or_map():
+    from pipeline.training import improves, validation_loss
+
+    sure = np.array([[4.0, 0, 0, 0, 0], [0, 4.0, 0, 0, 0]])
+    assert validation_loss(np.zeros((2, 5)), ["A", "B"]) == pytest.approx(math.log(5))
+    assert validation_loss(sure, ["A", "B"]) < 0.1 < validation_loss(sure, ["B", "A"])
+    a, b = {"map@3": 0.70, "loss": 1.30}, {"map@3": 0.66, "loss": 1.10}
+    assert improves(b, a, "loss") and not improves(a, b, "loss")
+    assert improves(a, b, "map@3") and not improves(b, a, "map@3")
+    assert improves(a, None, "loss") and improves(a, {"step": 3, "epoch": 0}, "loss")
+    assert improves(a, {"map@3": 0.6}, "loss")  # a best from before losses were logged
+    res = run_cli("train", "x.csv", "--out", "/tmp/never", "--select", "accuracy")
+    assert res.returncode == 2 and "--select" in res.stderr
