@@ -98,8 +98,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="backbone learning rate (default: 1e-4 for small "
                    "backbones, hidden size <= 512 such as MiniLM; 2e-5 for base/large ones)")
     t.add_argument("--select", choices=SELECT_BY, help="what picks the best checkpoint on "
-                   "--valid: map@3, or loss (mean negative log-likelihood of the right option) "
-                   f"(default {D['select']})")
+                   "--valid: map@3, loss (mean negative log-likelihood of the right option), or last "
+                   f"(the final weights; validation still logged) (default {D['select']})")
     t.add_argument("--schedule", choices=("cosine", "linear"), help="decay after warmup "
                    f"(default {D['schedule']})")
     t.add_argument("--pooling", choices=("auto", "cls", "mean", "mean-question"),

@@ -57,9 +57,10 @@ HOLDOUT_FILE = "valid_holdout.csv"
 #: A held-out part smaller than this is not worth it: train on everything.
 MIN_HOLDOUT, MAX_HOLDOUT = 20, 500
 POOLINGS = ("auto", "cls", "mean", "mean-question")
-#: What picks the best checkpoint: MAP@3 on --valid, or the validation loss (mean negative
-#: log-likelihood of the right option, which counts how sure the reader is on every question).
-SELECT_BY = ("map@3", "loss")
+#: What picks the checkpoint kept in OUT: MAP@3 on --valid, the validation loss (mean negative
+#: log-likelihood of the right option, which counts how sure the reader is on every question),
+#: or the last one (validation still logged, the stacker still fitted on --valid).
+SELECT_BY = ("map@3", "loss", "last")
 #: What ``--pooling auto`` picks for a sentence-transformers (mean-pooling) checkpoint.
 AUTO_MEAN = "mean-question"
 #: Fields that only steer a run (may differ on --resume); all others are the recipe.
@@ -102,7 +103,7 @@ class TrainConfig:
     seed: int = 42
     max_steps: int | None = None        # stop after this many optimizer steps (overrides epochs)
     eval_every: int | None = None
-    select: str = "map@3"               # best checkpoint by valid "map@3" or "loss" (mean NLL)
+    select: str = "map@3"               # best checkpoint by valid "map@3", "loss" (mean NLL), or "last"
     save_every: int | None = None
     log_every: int = 10
     eval_batch_size: int = 8
@@ -494,7 +495,7 @@ def improves(metrics: dict, best: dict | None, select: str) -> bool:
     >>> improves({"map@3": 0.6, "loss": 1.2}, {"map@3": 0.7, "loss": 1.3}, "map@3")
     False
     """
-    if best is None or "map@3" not in best:
+    if best is None or "map@3" not in best or select == "last":
         return True
     if select == "loss" and "loss" in best:
         return metrics["loss"] < best["loss"]

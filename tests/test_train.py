@@ -451,5 +451,6 @@ def test_checkpoint_selection_by_loss_or_map():
     assert improves(a, b, "map@3") and not improves(b, a, "map@3")
     assert improves(a, None, "loss") and improves(a, {"step": 3, "epoch": 0}, "loss")
     assert improves(a, {"map@3": 0.6}, "loss")  # a best from before losses were logged
+    assert improves(b, a, "last") and improves(a, b, "last")
     res = run_cli("train", "x.csv", "--out", "/tmp/never", "--select", "accuracy")
     assert res.returncode == 2 and "--select" in res.stderr
