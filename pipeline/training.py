@@ -208,7 +208,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
 
 
 # Fields added after readers were first saved, with the value those readers were trained with.
-LEGACY_FIELDS = {"focus": "none", "select": "map@3"}
+LEGACY_FIELDS = {"focus": "none"}
 
 
 def _known_fields(saved: dict) -> dict:
