@@ -260,8 +260,10 @@ def write_questions(path: Path, qs: Sequence[Question]) -> None:
     os.replace(tmp, path)
 
 
-def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question]) -> dict:
-    """The run's ``{"train": ..., "valid": ...}`` questions. With ``--valid``, that file.
+def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question],
+                    valid_qs: list[Question] | None = None) -> dict:
+    """The run's ``{"train": ..., "valid": ...}`` questions. With ``--valid``, that file
+    (``valid_qs``, its questions, when already loaded).
     Without it, ``--valid-split`` of TRAIN.csv is held out, written to ``OUT/valid_holdout.csv``
     and set as ``cfg.valid`` (so that the best checkpoint is chosen and the stacker fitted
     on questions the reader did not train on, and ``pipeline.stack`` finds them); a resumed
@@ -272,7 +274,8 @@ def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question]) -> di
         ids = {q.id for q in valid}
         return {"train": [q for q in train_qs if q.id not in ids], "valid": valid}
     if cfg.valid:
-        return {"train": train_qs, "valid": load_questions(cfg.valid, require_answer=True)}
+        return {"train": train_qs,
+                "valid": valid_qs or load_questions(cfg.valid, require_answer=True)}
     train, held = split_holdout(train_qs, cfg.valid_split, cfg.seed)
     if not held:
         if cfg.valid_split > 0:
@@ -573,13 +576,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume:
         state = json.loads((out / LAST_DIR / "trainer_state.json").read_text(encoding="utf-8"))
     train_qs = load_questions(cfg.train, require_answer=True)
+    valid_qs = None  # a bad --valid fails before anything is touched
     if cfg.valid and Path(cfg.valid).resolve() != (out / HOLDOUT_FILE).resolve():
-        load_questions(cfg.valid, require_answer=True)  # a bad --valid fails before anything
+        valid_qs = load_questions(cfg.valid, require_answer=True)
     device = pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and not cfg.resume:
         _clear_run(out)
-    splits = held_out_splits(cfg, out, train_qs)
+    splits = held_out_splits(cfg, out, train_qs, valid_qs)
     train_qs = splits["train"]
     contexts, retrieval = load_contexts(cfg, splits, device)
 
