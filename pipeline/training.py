@@ -246,18 +246,18 @@ def write_questions(path: Path, qs: Sequence[Question]) -> None:
     """``qs`` as a labelled CSV (``id,prompt[,context],A..,answer``) that
     :func:`~pipeline.questions.load_questions` reads back; written atomically."""
     import csv
+    import io
+
+    from .answering import write_text_atomic
 
     letters = list(LETTERS[:max(len(q.options) for q in qs)])
     with_ctx = any(q.context for q in qs)
-    cols = ["id", "prompt", *(["context"] if with_ctx else []), *letters, "answer"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for q in qs:
-            w.writerow([q.id, q.prompt, *([q.context or ""] if with_ctx else []), *q.options,
-                        q.answer])
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "prompt", *(["context"] if with_ctx else []), *letters, "answer"])
+    for q in qs:
+        w.writerow([q.id, q.prompt, *([q.context or ""] if with_ctx else []), *q.options, q.answer])
+    write_text_atomic(path, buf.getvalue(), "--out")
 
 
 def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question],
@@ -485,7 +485,7 @@ def validation_loss(scores: np.ndarray, answers: Sequence[str]) -> float:
     >>> round(validation_loss(np.zeros((2, 5)), ["A", "C"]), 4)  # chance: ln 5
     1.6094
     """
-    logp = np.log(np.maximum(softmax(np.asarray(scores, dtype=np.float64)), 1e-12))
+    logp = reader_feature(softmax(np.asarray(scores, dtype=np.float64)))
     return float(-np.mean([logp[i, LETTERS.index(a)] for i, a in enumerate(answers)]))
 
 
