@@ -137,6 +137,42 @@ def load_questions(path: str | os.PathLike[str], *, require_answer: bool = False
     return questions
 
 
+def load_question_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                        require_answer: bool = False) -> list[Question]:
+    """The questions of one CSV, or of several one after the other.
+
+    One file: exactly :func:`load_questions`. Several: each is checked on its own (errors
+    name that file) and every id becomes ``<file stem>:<id>`` (``<n>.<file stem>:<id>``
+    when two files share a stem), so files that each number their rows from 0 can be
+    combined: ``pipeline.train stem_1k.csv extra_500.csv train_6k.csv``.
+
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("a", "b"):
+    ...     _ = (d / f"{name}.csv").write_text("id,prompt,A,B,C,D,E\\n0,Hi?,a,b,c,d,e\\n",
+    ...                                      encoding="utf-8")
+    >>> [q.id for q in load_question_files([d / "a.csv", d / "b.csv"])]
+    ['a:0', 'b:0']
+    """
+    from dataclasses import replace
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError(Path("."), "no question file given", fix="pass at least one CSV file")
+    if len(paths) == 1:
+        return load_questions(paths[0], require_answer=require_answer)
+    stems = [p.stem for p in paths]
+    out: list[Question] = []
+    for n, p in enumerate(paths, start=1):
+        prefix = p.stem if stems.count(p.stem) == 1 else f"{n}.{p.stem}"
+        out += [replace(q, id=f"{prefix}:{q.id}")
+                for q in load_questions(p, require_answer=require_answer)]
+    log.info("%d questions from %d files", len(out), len(paths))
+    return out
+
+
 def _raise_field_size_limit() -> None:
     """Let a single cell be as large as the platform allows (huge prompts/contexts)."""
     limit = sys.maxsize

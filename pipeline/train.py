@@ -29,6 +29,11 @@ examples:
       --model models/deberta-v3-base --max-length 384 --out readers/deberta
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/deberta
 
+  # several question files at once (e.g. the ones that come with a context, and ones without:
+  # with --index every question gets retrieved contexts)
+  python -m pipeline.train stem_1k.csv extra_500.csv train_6k.csv --index index/enwiki \
+      --epochs 1 --out readers/minilm_all
+
   # continue an interrupted run (same arguments plus --resume)
   python -m pipeline.train train.csv --index index/enwiki --out readers/deberta --resume
 
@@ -46,7 +51,9 @@ def parser() -> argparse.ArgumentParser:
                     "(id,prompt,A..E,answer[,context]). OUT holds the best checkpoint "
                     "(safetensors + openbook_reader.json), log.jsonl and last/ for --resume.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("train", metavar="TRAIN.csv", help="labelled questions to train on")
+    p.add_argument("train", metavar="TRAIN.csv", nargs="+",
+                   help="labelled questions to train on; several files are combined (their ids "
+                        "become FILE_STEM:ID)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained reader")
     p.add_argument("--valid", metavar="VALID.csv", help="labelled questions: MAP@3 every epoch; "
                    "the best checkpoint is kept (default: --valid-split of TRAIN.csv)")

@@ -45,7 +45,7 @@ from .embedding import pick_device
 from .errors import OpenbookError
 from .focus import FOCUS_MODES
 from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
-from .questions import LETTERS, Question, load_questions
+from .questions import LETTERS, Question, load_question_files, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
 from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features, reader_feature
 
@@ -73,7 +73,7 @@ RUN_FIELDS = frozenset({"epochs", "max_steps", "eval_every", "save_every", "log_
 class TrainConfig:
     """Everything a training run depends on; saved in ``openbook_reader.json`` and ``last/``."""
 
-    train: str
+    train: list[str]                    # one or more CSVs (a single path is accepted)
     out: str
     index: str | None = None            # required unless use_context_column
     model: str | None = None            # default: the all-MiniLM-L6-v2 folder
@@ -116,7 +116,10 @@ class TrainConfig:
     stack_features: tuple = ("lexical", "coverage", "dense", "length", "consensus")
 
     def __post_init__(self) -> None:
-        checks = [(self.schedule in ("cosine", "linear"), "--schedule must be cosine or linear"),
+        self.train = [str(self.train)] if isinstance(self.train, (str, os.PathLike)) \
+            else [str(t) for t in self.train]
+        checks = [(bool(self.train), "give at least one TRAIN.csv"),
+                  (self.schedule in ("cosine", "linear"), "--schedule must be cosine or linear"),
                   (self.pooling in POOLINGS, f"--pooling must be one of {', '.join(POOLINGS)}"),
                   (self.pooler_init in ("auto", "identity", "keep"),
                    "--pooler-init must be auto, identity or keep"),
@@ -197,7 +200,10 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
     for k, v in given.items():
         if k in RUN_FIELDS:
             cfg[k] = v
-        elif k in ("train", "valid", "index", "out") and v is not None and saved.get(k) is not None:
+        elif k == "train" and saved.get(k) is not None:
+            if _resolved(v) != _resolved(saved[k]):
+                raise OpenbookError(f"--resume: TRAIN.csv {v} differs from the run's {saved[k]}")
+        elif k in ("valid", "index", "out") and v is not None and saved.get(k) is not None:
             if Path(v).resolve() != Path(saved[k]).resolve():
                 raise OpenbookError(f"--resume: {k} {v} differs from the run's {saved[k]}")
         elif saved.get(k) != v:
@@ -205,6 +211,10 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
                                 f"{saved.get(k)}; drop it, or start a new run with --overwrite")
     cfg["resume"] = True
     return TrainConfig(**_known_fields(cfg))
+
+
+def _resolved(paths: str | Sequence[str]) -> list[Path]:
+    return [Path(p).resolve() for p in ([paths] if isinstance(paths, str) else paths)]
 
 
 # Fields added after readers were first saved, with the value those readers were trained with.
@@ -318,6 +328,10 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
             if not any(q.context for q in qs):
                 raise OpenbookError(f"--use-context-column: {getattr(cfg, name)} has no 'context' "
                                     "column (or it is empty); drop the flag to retrieve contexts")
+            missing = sum(not q.context for q in qs)
+            if missing:
+                log.warning("--use-context-column: %d of %d %s questions have no context and "
+                            "are read without one", missing, len(qs), name)
         return {n: [q.context or "" for q in qs] for n, qs in splits.items()}, settings
 
     from .answering import open_embedder
@@ -575,7 +589,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     state: dict = {}
     if cfg.resume:
         state = json.loads((out / LAST_DIR / "trainer_state.json").read_text(encoding="utf-8"))
-    train_qs = load_questions(cfg.train, require_answer=True)
+    train_qs = load_question_files(cfg.train, require_answer=True)
     valid_qs = None  # a bad --valid fails before anything is touched
     if cfg.valid and Path(cfg.valid).resolve() != (out / HOLDOUT_FILE).resolve():
         valid_qs = load_questions(cfg.valid, require_answer=True)
@@ -815,9 +829,9 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
     cfg = TrainConfig(**cfg_d)
     device = pick_device(device or cfg.device)
     splits = {"valid": load_questions(cfg.valid, require_answer=True)}
-    if valid is None and cfg.train and Path(cfg.train).is_file():
+    if valid is None and all(Path(t).is_file() for t in cfg.train):
         # the run's own splits: the contexts cache (keyed on both) is read, not retrieved again
-        splits = {"train": load_questions(cfg.train, require_answer=True), **splits}
+        splits = {"train": load_question_files(cfg.train, require_answer=True), **splits}
     # never rewrite the run's cache: other --valid questions would replace its contexts
     contexts, _ = load_contexts(cfg, splits, device, write_cache=False)
     return fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)

@@ -391,3 +391,29 @@ def test_round_trip_property(tmp_path, table):
         assert q.answer == r["answer"]
         expected_context = r["context"] if r["context"] and r["context"].strip() else None
         assert q.context == expected_context
+
+
+# --- several files -------------------------------------------------------------
+
+def test_several_files_combined_with_file_prefixed_ids(tmp_path):
+    from pipeline.questions import load_question_files
+
+    (tmp_path / "x").mkdir()
+    a = write(tmp_path, f"{HEADER}\n{GOOD}", "stem.csv")
+    b = write(tmp_path, f"{HEADER}\n{GOOD}", "extra.csv")
+    c = write(tmp_path / "x", f"{HEADER}\n{GOOD}", "stem.csv")
+    assert load_question_files(a) == load_questions(a)  # one file: ids as written
+    assert [q.id for q in load_question_files([a, b])] == ["stem:1", "stem:2", "extra:1", "extra:2"]
+    assert [q.id for q in load_question_files([a, c])][::2] == ["1.stem:1", "2.stem:1"]
+    assert [q.row for q in load_question_files([a, b])] == [1, 2, 1, 2]
+
+
+def test_several_files_error_names_the_bad_one(tmp_path):
+    from pipeline.questions import load_question_files
+
+    a = write(tmp_path, f"{HEADER},answer\n1,Hi?,a,b,c,d,e,A\n", "good.csv")
+    b = write(tmp_path, f"{HEADER},answer\n1,Hi?,a,b,c,d,e,F\n", "bad.csv")
+    with pytest.raises(InputError, match=r"bad\.csv.*row 1"):
+        load_question_files([a, b], require_answer=True)
+    with pytest.raises(InputError, match="no question file"):
+        load_question_files([])

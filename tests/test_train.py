@@ -454,3 +454,39 @@ def test_checkpoint_selection_by_loss_or_map():
     assert improves(b, a, "last") and improves(a, b, "last")
     res = run_cli("train", "x.csv", "--out", "/tmp/never", "--select", "accuracy")
     assert res.returncode == 2 and "--select" in res.stderr
+
+
+def test_train_on_several_files_with_the_same_ids(tiny_bert, tiny_index, tmp_path):
+    """Several TRAIN.csv files (each numbering its rows from 0, one with a context column and
+    one without) are combined: ids become FILE_STEM:ID, retrieval gives every question its
+    contexts, the held-out split is drawn from all of them; resume needs the same files."""
+    rows = _sample_rows()[:20]
+    paths = []
+    for name, with_ctx in (("stem", True), ("plain", False)):
+        path = tmp_path / f"{name}.csv"
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "prompt", *(["context"] if with_ctx else []), *"ABCDE", "answer"])
+            for i, r in enumerate(rows):
+                w.writerow([i, r["prompt"], *(["gold text"] if with_ctx else []),
+                            *(r[x] for x in "ABCDE"), r["answer"]])
+        paths.append(path)
+    out = tmp_path / "reader"
+    common = ["--index", tiny_index, "--model", tiny_bert, "--out", out, "--batch-size", "4",
+              "--max-length", "64", "--contexts-train", "1", "--contexts-infer", "1",
+              "--valid-split", "0.5", "--no-progress"]
+    res = run_cli("train", *paths, *common, "--max-steps", "2")
+    assert res.returncode == 0, res.stderr
+    assert "holding out 20 of 40" in res.stderr
+    ctx = [json.loads(x) for x in (out / "contexts.jsonl").read_text().splitlines()[1:]]
+    ids = [r["id"] for r in ctx]
+    assert len(set(ids)) == 40 and {i.split(":")[0] for i in ids} == {"stem", "plain"}
+    assert all(r["context"] and r["context"] != "gold text" for r in ctx)  # retrieved, not read
+    meta = json.loads((out / "openbook_reader.json").read_text())
+    assert [Path(p).name for p in meta["training"]["train"]] == ["stem.csv", "plain.csv"]
+
+    res = run_cli("train", *paths, *common, "--max-steps", "3", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "contexts from the cache" in res.stderr
+    res = run_cli("train", paths[0], *common, "--max-steps", "4", "--resume")
+    assert res.returncode != 0 and "differs" in res.stderr and "Traceback" not in res.stderr
