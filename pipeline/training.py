@@ -326,8 +326,9 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
     if cfg.use_context_column:
         for name, qs in splits.items():
             if not any(q.context for q in qs):
-                raise OpenbookError(f"--use-context-column: {getattr(cfg, name)} has no 'context' "
-                                    "column (or it is empty); drop the flag to retrieve contexts")
+                files = cfg.train if name == "train" else [cfg.valid]
+                raise OpenbookError(f"--use-context-column: {', '.join(map(str, files))} has no "
+                                    "'context' column (or it is empty); drop the flag to retrieve contexts")
             missing = sum(not q.context for q in qs)
             if missing:
                 log.warning("--use-context-column: %d of %d %s questions have no context and "
