@@ -60,14 +60,16 @@ def figures(scores: np.ndarray, answers: list[str], seconds: float) -> dict:
             "s/question": round(seconds / len(answers), 4)}
 
 
-def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[str], compute):
+def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[str], compute,
+            max_length: int | None = None):
     """A reader's probabilities ``(n, 5)``, kept in ``cache`` keyed by its weights and inputs."""
     if not cache:
         return compute()
     weights = Path(reader) / "model.safetensors"
     stat = weights.stat() if weights.exists() else None
-    key = hashlib.sha1(json.dumps([str(Path(reader).resolve()), stat and [stat.st_size, stat.st_mtime_ns],
-                                   Path(questions_csv).read_text(), contexts]).encode()).hexdigest()
+    inputs = [str(Path(reader).resolve()), stat and [stat.st_size, stat.st_mtime_ns],
+              Path(questions_csv).read_text(), contexts]
+    key = hashlib.sha1(json.dumps(inputs + ([max_length] if max_length else [])).encode()).hexdigest()
     path = Path(cache) / f"{Path(reader).name}-{key[:16]}.npy"
     if path.exists():
         log.info("%s: probabilities from %s", reader, path)
@@ -79,8 +81,10 @@ def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[s
 
 
 def score_set(name: str, questions_csv: str, index: str, readers: list[str], top_k: int | None,
-              with_zero_shot: bool = True, cache: str | None = None) -> list[dict]:
-    """Every scorer on one question set; rows of the results table."""
+              with_zero_shot: bool = True, cache: str | None = None,
+              max_length: int | None = None) -> list[dict]:
+    """Every scorer on one question set; rows of the results table. ``max_length`` scores
+    every reader at that many tokens instead of the length it was trained with."""
     from pipeline.reader import MultipleChoiceReader
     from pipeline.zeroshot import ZeroShotScorer
 
@@ -130,10 +134,11 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
         r_retrieval, ctx, t_ret, evidence = contexts_for(path)
         own = "" if r_retrieval == retrieval else \
             f" (top-{r_retrieval.top_k}, focus {r_retrieval.focus})"
+        own += f" at {max_length} tokens" if max_length else ""
         t = time.perf_counter()
         p = _cached(cache, path, questions_csv, ctx,
-                    lambda: MultipleChoiceReader.from_pretrained(path).probabilities(
-                        prompts, options, ctx, rows, progress=False))
+                    lambda: MultipleChoiceReader.from_pretrained(path, max_length=max_length)
+                    .probabilities(prompts, options, ctx, rows, progress=False), max_length)
         add(f"reader {Path(path).name}{own}", p, time.perf_counter() - t + t_ret)
         t = time.perf_counter()
         stacked, described = apply_stacker(path, p, prompts, options, ctx, emb, evidence)
@@ -197,6 +202,9 @@ def main() -> int:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="keep each reader's probabilities here, so that a rerun (another ensemble, "
                         "another stacker) does not score again")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="score the readers at this many tokens (default: each its own training "
+                        "length), as predict --max-length does")
     args = p.parse_args()
     setup_logging(False)
     logging.getLogger("quality").setLevel(logging.INFO)
@@ -209,10 +217,11 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = [] if args.recall_only else score_set("shared test split", test, args.index,
                                                  args.readers, args.top_k, args.zero_shot,
-                                                 cache=args.cache)
+                                                 cache=args.cache, max_length=args.max_length)
     if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
-                          args.top_k, args.zero_shot, cache=args.cache)
+                          args.top_k, args.zero_shot, cache=args.cache,
+                          max_length=args.max_length)
     recall = [] if args.no_recall else recall_rows(test, args.index)
     if rows:
         sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")
