@@ -206,6 +206,8 @@ def main() -> int:
                    help="score the readers at this many tokens (default: each its own training "
                         "length), as predict --max-length does")
     args = p.parse_args()
+    if args.max_length is not None and args.max_length < 1:
+        p.error(f"--max-length must be a positive number of tokens, got {args.max_length}")
     setup_logging(False)
     logging.getLogger("quality").setLevel(logging.INFO)
     test = args.test
