@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 from pipeline.answering import (PredictConfig, apply_stacker, open_embedder,  # noqa: E402
                                 reader_retrieval)
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, recall_at_k  # noqa: E402
+from pipeline.metrics import (accuracy_at_1, average_precisions, map_at_3,  # noqa: E402
+                              paired_bootstrap, rank_letters, recall_at_k, standard_error)
 from pipeline.questions import load_questions  # noqa: E402
 from pipeline.retrieval import RetrievalConfig, retrieve  # noqa: E402
 from pipeline.store import load_index  # noqa: E402
@@ -55,9 +56,27 @@ PREFIX = {"stem": "stem_1k", "extra": "extra_500"}  # split ids -> haystack doc 
 
 
 def figures(scores: np.ndarray, answers: list[str], seconds: float) -> dict:
+    """MAP@3 with its standard error over questions, accuracy@1, seconds per question."""
     r = rank_letters(scores)
-    return {"map@3": round(map_at_3(r, answers), 4), "accuracy@1": round(accuracy_at_1(r, answers), 4),
+    ap = average_precisions(r, answers)
+    return {"map@3": round(map_at_3(r, answers), 4),
+            "se": round(standard_error(ap), 4) if len(ap) > 1 else None,
+            "accuracy@1": round(accuracy_at_1(r, answers), 4),
             "s/question": round(seconds / len(answers), 4)}
+
+
+def compare(rows: list[dict], scores: list[np.ndarray], answers: list[str], versus: str) -> None:
+    """Add to each row ``vs``: its MAP@3 minus that of the first row whose scorer contains
+    ``versus``, with a 95% paired-bootstrap interval over the questions (same questions,
+    so the interval is much narrower than the two standard errors would suggest)."""
+    match = [i for i, r in enumerate(rows) if versus in r["scorer"]]
+    if not match:
+        raise SystemExit(f"--versus {versus!r} matches no scorer of this set; the scorers are: "
+                         + "; ".join(r["scorer"] for r in rows))
+    base = average_precisions(rank_letters(scores[match[0]]), answers)
+    for row, s in zip(rows, scores):
+        d, lo, hi = paired_bootstrap(average_precisions(rank_letters(s), answers), base)
+        row["vs"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[str], compute,
@@ -82,9 +101,10 @@ def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[s
 
 def score_set(name: str, questions_csv: str, index: str, readers: list[str], top_k: int | None,
               with_zero_shot: bool = True, cache: str | None = None,
-              max_length: int | None = None) -> list[dict]:
+              max_length: int | None = None, versus: str | None = None) -> list[dict]:
     """Every scorer on one question set; rows of the results table. ``max_length`` scores
-    every reader at that many tokens instead of the length it was trained with."""
+    every reader at that many tokens instead of the length it was trained with; ``versus``
+    names the scorer every row is compared with (see :func:`compare`)."""
     from pipeline.reader import MultipleChoiceReader
     from pipeline.zeroshot import ZeroShotScorer
 
@@ -114,12 +134,13 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
     retrieval, ctx, t_ret, _ = contexts_for(readers[0] if readers else None)
     tag = f"{name} ({len(qs)} q, top-{retrieval.top_k} {retrieval.retriever}" + \
         (f", focus {retrieval.focus}" if retrieval.focus != "none" else "") + ")"
-    out = []
+    out, all_scores = [], []
 
     def add(scorer: str, scores: np.ndarray, seconds: float, **extra) -> np.ndarray:
         row = {"set": tag, "scorer": scorer, **figures(scores, answers, seconds), **extra}
         log.info("%s", row)
         out.append(row)
+        all_scores.append(scores)
         return scores
 
     lengths = np.array([[len(o) for o in opts] for opts in options], dtype=float)
@@ -148,6 +169,8 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
         probs.append(stacked)
     if len(readers) > 1:
         add("ensemble of all readers (mean probability)", np.mean(probs, axis=0), 0.0)
+    if versus:
+        compare(out, all_scores, answers, versus)
     return out
 
 
@@ -205,6 +228,10 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=None,
                    help="score the readers at this many tokens (default: each its own training "
                         "length), as predict --max-length does")
+    p.add_argument("--versus", default=None, metavar="SCORER",
+                   help="compare every row with the first scorer whose name contains this text "
+                        "(e.g. 'minilm_6k_s2 + stacker'): difference in MAP@3 with a 95%% "
+                        "paired-bootstrap interval over the same questions")
     args = p.parse_args()
     if args.max_length is not None and args.max_length < 1:
         p.error(f"--max-length must be a positive number of tokens, got {args.max_length}")
@@ -219,14 +246,16 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = [] if args.recall_only else score_set("shared test split", test, args.index,
                                                  args.readers, args.top_k, args.zero_shot,
-                                                 cache=args.cache, max_length=args.max_length)
+                                                 cache=args.cache, max_length=args.max_length,
+                                                 versus=args.versus)
     if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
                           args.top_k, args.zero_shot, cache=args.cache,
-                          max_length=args.max_length)
+                          max_length=args.max_length, versus=args.versus)
     recall = [] if args.no_recall else recall_rows(test, args.index)
     if rows:
-        sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "accuracy@1", "s/question"]) + "\n\n")
+        sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "se", "accuracy@1", "s/question"]
+                                  + (["vs"] if args.versus else [])) + "\n\n")
     if recall:
         sys.stdout.write(markdown(recall, ["retriever", *[f"R@{k}" for k in KS], "s/question",
                                            "error"]) + "\n")

@@ -115,3 +115,50 @@ def rank_letters(scores: np.ndarray) -> list[list[str]]:
         raise ValueError(f"scores must have shape (n, {len(LETTERS)}), got {arr.shape}")
     order = np.argsort(-arr, axis=1, kind="stable")
     return [[LETTERS[i] for i in row] for row in order.tolist()]
+
+
+def average_precisions(rankings: Sequence[Sequence[str]], answers: Sequence[str]) -> np.ndarray:
+    """Per-question :func:`average_precision_at_3`, shape ``(n,)``; its mean is MAP@3.
+
+    >>> average_precisions([["A"], ["B", "A"], ["E"]], ["A", "A", "A"]).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    _check_pair(rankings, answers, ("rankings", "answers"))
+    return np.array([average_precision_at_3(r, a) for r, a in zip(rankings, answers)])
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of per-question scores (sample std / sqrt(n)).
+
+    >>> round(standard_error([1.0, 0.0, 1.0, 0.0]), 4)
+    0.2887
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        raise ValueError(f"need at least 2 values for a standard error, got {v.size}")
+    return float(v.std(ddof=1) / np.sqrt(v.size))
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired per-question scores, with a percentile bootstrap interval.
+
+    ``a`` and ``b`` are two scorers' per-question values on the same questions (e.g.
+    :func:`average_precisions`); questions are resampled with replacement ``n_boot``
+    times, so the interval accounts for which questions happen to be in the set.
+    Returns ``(difference, low, high)``.
+
+    >>> d, lo, hi = paired_bootstrap([1.0, 1.0, 0.5, 1.0], [1.0, 0.5, 0.5, 0.0])
+    >>> d, lo <= d <= hi
+    (0.375, True)
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    _check_pair(x, y, ("a", "b"))
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    diff = x - y
+    idx = np.random.default_rng(seed).integers(0, diff.size, size=(n_boot, diff.size))
+    means = diff[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(diff.mean()), float(lo), float(hi)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (accuracy_at_1, average_precision_at_3, map_at_3, rank_letters,
-                              recall_at_k)
+from pipeline.metrics import (accuracy_at_1, average_precision_at_3, average_precisions, map_at_3,
+                              paired_bootstrap, rank_letters, recall_at_k, standard_error)
 
 
 def kaggle_map3_reference(rankings, answers):
@@ -206,3 +206,45 @@ def test_rank_letters_bad_shape(shape):
 def test_rank_letters_feeds_map_at_3():
     scores = np.array([[0.0, 1.0, 0.5, 0.2, 0.1], [0.3, 0.2, 0.1, 0.9, 0.8]])
     assert map_at_3(rank_letters(scores), ["C", "A"]) == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+# --- per-question scores, standard error, paired bootstrap -------------------
+
+def test_average_precisions_mean_is_map_at_3():
+    rankings = [["A", "B", "C"], ["B", "A", "C"], ["C", "D", "E"], ["B", "C", "A"]]
+    answers = ["A", "A", "B", "A"]
+    ap = average_precisions(rankings, answers)
+    assert ap.tolist() == [1.0, 0.5, 0.0, pytest.approx(1 / 3)]
+    assert ap.mean() == pytest.approx(map_at_3(rankings, answers))
+
+
+def test_standard_error_by_hand():
+    # std (ddof=1) of [1, 0, 0, 0] is 0.5; / sqrt(4) = 0.25
+    assert standard_error([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="at least 2"):
+        standard_error([1.0])
+
+
+def test_paired_bootstrap_identical_scorers_is_exactly_zero():
+    a = np.random.default_rng(1).random(50)
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_interval_covers_and_excludes():
+    rng = np.random.default_rng(2)
+    b = rng.choice([0.0, 1 / 3, 0.5, 1.0], size=400)
+    better = np.minimum(b + (rng.random(400) < 0.3) * 0.5, 1.0)  # clearly better on 30%
+    d, lo, hi = paired_bootstrap(better, b, n_boot=2000)
+    assert d == pytest.approx((better - b).mean())
+    assert 0 < lo < d < hi
+    noise = np.clip(b + rng.normal(0, 0.2, 400), 0, 1)  # a noisy copy: a narrow interval about d2
+    d2, lo2, hi2 = paired_bootstrap(noise, b, n_boot=2000)
+    assert lo2 < d2 < hi2 and hi2 - lo2 < 0.1
+    assert paired_bootstrap(better, b, n_boot=2000, seed=5) != (d, lo, hi)  # the seed is used
+
+
+def test_paired_bootstrap_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_bootstrap([1.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap([1.0, 0.0], [1.0, 0.0], level=95)
