@@ -15,6 +15,10 @@ MAP@3 / accuracy@1 / seconds per question of
 
 and recall@1/3/5/10 of the source passage for the dense, BM25 and hybrid
 retrievers on the test split. Every scorer sees the same retrieved contexts.
+Each MAP@3 comes with its standard error over the questions (``se``); with
+``--versus SCORER`` every row also gets its difference from that scorer with a
+95% paired-bootstrap interval (``vs``), which is what says whether a change is
+more than the luck of which questions are in the split.
 
     python benchmarks/shared_split.py --out runs/split
     python benchmarks/haystack.py --out runs/haystack.jsonl
@@ -22,7 +26,8 @@ retrievers on the test split. Every scorer sees the same retrieved contexts.
     python -m pipeline.train runs/split/train.csv --valid runs/split/valid.csv \\
         --index index/haystack --out runs/readers/minilm ...
     python benchmarks/quality.py --index index/haystack --test runs/split/test.csv \\
-        --readers runs/readers/minilm [runs/readers/mpnet] --json runs/quality.json
+        --readers runs/readers/minilm [runs/readers/mpnet] --json runs/quality.json \\
+        [--versus "minilm + stacker"]
 """
 
 from __future__ import annotations
