@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -104,12 +105,21 @@ def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[s
     return p
 
 
+def subset_ensembles(names: list[str], probs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The mean-probability ensemble of every group of 2 .. len-1 readers: ``(label, (n, 5))``."""
+    return [("ensemble " + " + ".join(names[i] for i in combo),
+             np.mean([probs[i] for i in combo], axis=0))
+            for size in range(2, len(names)) for combo in itertools.combinations(range(len(names)), size)]
+
+
 def score_set(name: str, questions_csv: str, index: str, readers: list[str], top_k: int | None,
               with_zero_shot: bool = True, cache: str | None = None,
-              max_length: int | None = None, versus: str | None = None) -> list[dict]:
+              max_length: int | None = None, versus: str | None = None,
+              subsets: bool = False) -> list[dict]:
     """Every scorer on one question set; rows of the results table. ``max_length`` scores
     every reader at that many tokens instead of the length it was trained with; ``versus``
-    names the scorer every row is compared with (see :func:`compare`)."""
+    names the scorer every row is compared with (see :func:`compare`); ``subsets`` adds the
+    ensemble of every smaller group of two or more readers."""
     from pipeline.reader import MultipleChoiceReader
     from pipeline.zeroshot import ZeroShotScorer
 
@@ -174,6 +184,9 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
         probs.append(stacked)
     if len(readers) > 1:
         add("ensemble of all readers (mean probability)", np.mean(probs, axis=0), 0.0)
+    if subsets:
+        for label, p in subset_ensembles([Path(r).name for r in readers], probs):
+            add(label, p, 0.0)
     if versus:
         compare(out, all_scores, answers, versus)
     return out
@@ -237,6 +250,9 @@ def main() -> int:
                    help="compare every row with the first scorer whose name contains this text "
                         "(e.g. 'minilm_6k_s2 + stacker'): difference in MAP@3 with a 95%% "
                         "paired-bootstrap interval over the same questions")
+    p.add_argument("--subsets", action="store_true",
+                   help="with three or more readers, also the ensemble of every smaller group of "
+                        "two or more (the stacked probabilities are reused, nothing is rescored)")
     args = p.parse_args()
     if args.max_length is not None and args.max_length < 1:
         p.error(f"--max-length must be a positive number of tokens, got {args.max_length}")
@@ -252,11 +268,12 @@ def main() -> int:
     rows = [] if args.recall_only else score_set("shared test split", test, args.index,
                                                  args.readers, args.top_k, args.zero_shot,
                                                  cache=args.cache, max_length=args.max_length,
-                                                 versus=args.versus)
+                                                 versus=args.versus, subsets=args.subsets)
     if args.demo_index and Path(args.demo_index).is_dir() and not args.recall_only:
         rows += score_set("demo questions", args.demo_questions, args.demo_index, args.readers,
                           args.top_k, args.zero_shot, cache=args.cache,
-                          max_length=args.max_length, versus=args.versus)
+                          max_length=args.max_length, versus=args.versus,
+                          subsets=args.subsets)
     recall = [] if args.no_recall else recall_rows(test, args.index)
     if rows:
         sys.stdout.write(markdown(rows, ["set", "scorer", "map@3", "se", "accuracy@1", "s/question"]

@@ -46,3 +46,11 @@ def test_versus_adds_a_paired_difference_to_every_row(quality):
 def test_versus_that_matches_nothing_names_the_scorers(quality):
     with pytest.raises(SystemExit, match="matches no scorer.*reader x"):
         quality.compare([{"scorer": "reader x"}], [one_hot("A")], ["A"], versus="mpnet")
+
+
+def test_subset_ensembles_are_every_smaller_group(quality):
+    probs = [np.full((2, 5), v) for v in (0.1, 0.2, 0.6)]
+    got = quality.subset_ensembles(["a", "b", "c"], probs)
+    assert [label for label, _ in got] == ["ensemble a + b", "ensemble a + c", "ensemble b + c"]
+    assert np.allclose(got[1][1], 0.35)
+    assert quality.subset_ensembles(["a", "b"], probs[:2]) == []  # the full ensemble has its own row
