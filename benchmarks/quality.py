@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO))
 from pipeline.answering import (PredictConfig, apply_stacker, open_embedder,  # noqa: E402
                                 reader_retrieval)
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.metrics import (accuracy_at_1, average_precisions, map_at_3,  # noqa: E402
-                              paired_bootstrap, rank_letters, recall_at_k, standard_error)
+from pipeline.metrics import (accuracy_at_1, average_precisions, paired_bootstrap,  # noqa: E402
+                              rank_letters, recall_at_k, standard_error)
 from pipeline.questions import load_questions  # noqa: E402
 from pipeline.retrieval import RetrievalConfig, retrieve  # noqa: E402
 from pipeline.store import load_index  # noqa: E402
@@ -61,27 +61,28 @@ KS = (1, 3, 5, 10)
 PREFIX = {"stem": "stem_1k", "extra": "extra_500"}  # split ids -> haystack doc ids
 
 
-def figures(scores: np.ndarray, answers: list[str], seconds: float) -> dict:
-    """MAP@3 with its standard error over questions, accuracy@1, seconds per question."""
+def figures(scores: np.ndarray, answers: list[str], seconds: float) -> tuple[dict, np.ndarray]:
+    """MAP@3 with its standard error over questions, accuracy@1, seconds per question; and
+    the per-question average precisions ``(n,)`` they come from."""
     r = rank_letters(scores)
     ap = average_precisions(r, answers)
-    return {"map@3": round(map_at_3(r, answers), 4),
+    return {"map@3": round(float(ap.mean()), 4),
             "se": round(standard_error(ap), 4) if len(ap) > 1 else None,
             "accuracy@1": round(accuracy_at_1(r, answers), 4),
-            "s/question": round(seconds / len(answers), 4)}
+            "s/question": round(seconds / len(answers), 4)}, ap
 
 
-def compare(rows: list[dict], scores: list[np.ndarray], answers: list[str], versus: str) -> None:
+def compare(rows: list[dict], aps: list[np.ndarray], versus: str) -> None:
     """Add to each row ``vs``: its MAP@3 minus that of the first row whose scorer contains
     ``versus``, with a 95% paired-bootstrap interval over the questions (same questions,
-    so the interval is much narrower than the two standard errors would suggest)."""
+    so the interval is much narrower than the two standard errors would suggest).
+    ``aps[i]`` holds row i's per-question average precisions."""
     match = [i for i, r in enumerate(rows) if versus in r["scorer"]]
     if not match:
         raise SystemExit(f"--versus {versus!r} matches no scorer of this set; the scorers are: "
                          + "; ".join(r["scorer"] for r in rows))
-    base = average_precisions(rank_letters(scores[match[0]]), answers)
-    for row, s in zip(rows, scores):
-        d, lo, hi = paired_bootstrap(average_precisions(rank_letters(s), answers), base)
+    for row, ap in zip(rows, aps):
+        d, lo, hi = paired_bootstrap(ap, aps[match[0]])
         row["vs"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
@@ -149,13 +150,14 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
     retrieval, ctx, t_ret, _ = contexts_for(readers[0] if readers else None)
     tag = f"{name} ({len(qs)} q, top-{retrieval.top_k} {retrieval.retriever}" + \
         (f", focus {retrieval.focus}" if retrieval.focus != "none" else "") + ")"
-    out, all_scores = [], []
+    out, aps = [], []
 
     def add(scorer: str, scores: np.ndarray, seconds: float, **extra) -> np.ndarray:
-        row = {"set": tag, "scorer": scorer, **figures(scores, answers, seconds), **extra}
+        fig, ap = figures(scores, answers, seconds)
+        row = {"set": tag, "scorer": scorer, **fig, **extra}
         log.info("%s", row)
         out.append(row)
-        all_scores.append(scores)
+        aps.append(ap)
         return scores
 
     lengths = np.array([[len(o) for o in opts] for opts in options], dtype=float)
@@ -188,7 +190,7 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
         for label, p in subset_ensembles([Path(r).name for r in readers], probs):
             add(label, p, 0.0)
     if versus:
-        compare(out, all_scores, answers, versus)
+        compare(out, aps, versus)
     return out
 
 

@@ -26,7 +26,8 @@ def one_hot(letters: str) -> np.ndarray:
 
 
 def test_figures_carry_the_standard_error(quality):
-    f = quality.figures(one_hot("AABB"), ["A", "A", "A", "A"], seconds=2.0)
+    f, ap = quality.figures(one_hot("AABB"), ["A", "A", "A", "A"], seconds=2.0)
+    assert ap.tolist() == [1, 1, .5, .5]
     # AP per question: 1, 1, then B first and A second (ties keep letter order) = 1/2, 1/2
     assert f["map@3"] == 0.75 and f["accuracy@1"] == 0.5 and f["s/question"] == 0.5
     assert f["se"] == pytest.approx(np.std([1, 1, .5, .5], ddof=1) / 2, abs=1e-4)
@@ -37,7 +38,8 @@ def test_versus_adds_a_paired_difference_to_every_row(quality):
     right, wrong = one_hot("".join(answers)), one_hot("".join(answers))
     wrong[0] = [-1, 0, 0, 0, 1]  # E, B, C first: the answer A is not in the top 3
     rows = [{"scorer": "reader x + stacker"}, {"scorer": "ensemble"}]
-    quality.compare(rows, [wrong, right], answers, versus="x + stacker")
+    aps = [quality.figures(s, answers, 0.0)[1] for s in (wrong, right)]
+    quality.compare(rows, aps, versus="x + stacker")
     assert rows[0]["vs"] == "+0.000 [+0.000, +0.000]"
     # one question of 40 goes from AP 0 (E first, A not in the top 3) to 1
     assert rows[1]["vs"].startswith("+0.025 [")
@@ -45,7 +47,7 @@ def test_versus_adds_a_paired_difference_to_every_row(quality):
 
 def test_versus_that_matches_nothing_names_the_scorers(quality):
     with pytest.raises(SystemExit, match="matches no scorer.*reader x"):
-        quality.compare([{"scorer": "reader x"}], [one_hot("A")], ["A"], versus="mpnet")
+        quality.compare([{"scorer": "reader x"}], [np.ones(1)], versus="mpnet")
 
 
 def test_subset_ensembles_are_every_smaller_group(quality):
