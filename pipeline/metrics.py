@@ -63,8 +63,7 @@ def map_at_3(rankings: Sequence[Sequence[str]], answers: Sequence[str]) -> float
     >>> round(map_at_3([["A"], ["B", "C", "A"], ["E"]], ["A", "A", "A"]), 4)
     0.4444
     """
-    _check_pair(rankings, answers, ("rankings", "answers"))
-    return sum(average_precision_at_3(r, a) for r, a in zip(rankings, answers)) / len(answers)
+    return float(sum(average_precisions(rankings, answers))) / len(answers)
 
 
 def accuracy_at_1(rankings: Sequence[Sequence[str]], answers: Sequence[str]) -> float:
