@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=lambda v: tuple(x for x in v.split(",") if x), default=None,
                    metavar="F1,F2,...", help="evidence beside the reader (default: the run's; "
                    f"choose from {','.join(CONTEXT_FEATURES)})")
+    p.add_argument("--no-gate", dest="gate", action="store_false", default=None,
+                   help="one weight per feature whatever the contexts (default: the run's; "
+                        "gated by the evidence confidence for readers trained since it exists)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: the run's, else auto)")
     add_output_args(p)
     return p
@@ -41,11 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     s = restack(args.reader, valid=args.valid, features=args.features, device=args.device,
-                progress=not args.no_progress)
+                progress=not args.no_progress, gate=args.gate)
     info = s.describe()
     sys.stdout.write(f"stacker of {args.reader}: valid MAP@3 {info['valid_map@3_reader']:.4f} "
                      f"(reader) -> {info['valid_map@3_stacked_in_sample']:.4f} (stacked, in-sample); "
-                     f"weights {info['features']}\n")
+                     f"weights {info['features']}"
+                     + (f", gated {info['gated']}" if info.get("gated") else "") + "\n")
     return 0
 
 

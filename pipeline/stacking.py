@@ -9,6 +9,19 @@ weights them, and adds them up::
 
     score[i, k] = sum_f  w_f * z(feature_f[i, :])[k]
 
+**Gated evidence.** The context features only say something when the retrieved
+passages are about the question. With ``gated`` features the stacker also adds
+each of them multiplied by the question's *evidence confidence*, the best cosine
+between ``prompt + option`` (any option) and a context sentence (the raw
+``dense`` feature, about 0.77 when the source passage was found, about 0.5 when
+it was not)::
+
+    score[i, k] += sum_g  v_g * conf[i] * z(feature_g[i, :])[k]
+
+so the fitted weight of the evidence grows with how well the contexts match the
+question, and a question whose passages miss leans on the reader. Measured with
+``benchmarks/stack_transfer.py`` (README, "Stacker transfer").
+
 The weights are fitted by ``pipeline.train`` on the validation questions
 (conditional logit: softmax over the five options, cross-entropy, L2), saved
 as ``openbook_stack.json`` in the reader folder, and applied by ``predict``
@@ -52,6 +65,20 @@ STACK_FILE = "openbook_stack.json"
 #: Every feature :func:`context_features` can compute (``reader`` comes from the reader).
 CONTEXT_FEATURES = ("lexical", "coverage", "dense", "length", "consensus")
 FEATURES = ("reader",) + CONTEXT_FEATURES
+#: The stacker's default evidence: what the context says about each option. ``length`` and
+#: ``consensus`` describe how the question writer built the options; their weights, fitted on
+#: one question generator's validation questions, hurt on another's (README, "Stacker transfer").
+DEFAULT_FEATURES = ("lexical", "coverage", "dense")
+#: What ``pipeline.train`` gates by the evidence confidence (those of them it stacks).
+GATED_FEATURES = ("lexical", "coverage", "dense")
+
+
+def evidence_confidence(feats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(n, 1)``: the question's best ``dense`` cosine over its options (see the docstring)."""
+    if "dense" not in feats:
+        raise OpenbookError("stacker: gated features need the 'dense' feature (the evidence "
+                            "confidence is its best cosine)")
+    return np.asarray(feats["dense"], dtype=np.float64).max(axis=-1, keepdims=True)
 
 
 def reader_feature(probs: np.ndarray) -> np.ndarray:
@@ -131,42 +158,57 @@ class Stacker:
     #: features only centred per question, not scaled: a reader's log-probabilities keep
     #: how sure it is (z-scoring makes a 0.99 and a 0.30 favourite look alike).
     centered: list[str] = field(default_factory=list)
+    #: features that also enter multiplied by :func:`evidence_confidence`, with ``gate_weights``.
+    gated: list[str] = field(default_factory=list)
+    gate_weights: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.weights):
             raise OpenbookError("stacker: one weight per feature expected")
+        if len(self.gated) != len(self.gate_weights):
+            raise OpenbookError("stacker: one gate weight per gated feature expected")
         unknown = sorted(set(self.features) - set(FEATURES))
         if unknown:
             raise OpenbookError(f"stacker: unknown feature(s) {unknown}; known: {list(FEATURES)}")
+        if not set(self.gated) <= set(self.features) - {"reader"}:
+            raise OpenbookError(f"stacker: gated features {self.gated} must be context features "
+                                f"among {self.features}")
+        if self.gated and "dense" not in self.features:
+            raise OpenbookError("stacker: gated features need 'dense' among the features")
 
     @staticmethod
     def matrix(feats: Mapping[str, np.ndarray], names: Sequence[str],
-               centered: Sequence[str] = ()) -> np.ndarray:
-        """``(n, n_options, n_features)`` of z-scored (or, for ``centered``, centred)
-        features; names a missing one."""
-        missing = [f for f in names if f not in feats]
+               centered: Sequence[str] = (), gated: Sequence[str] = ()) -> np.ndarray:
+        """``(n, n_options, n_features + n_gated)`` of z-scored (or, for ``centered``,
+        centred) features, then the ``gated`` ones times :func:`evidence_confidence`;
+        names a missing one."""
+        missing = [f for f in [*names, *gated] if f not in feats]
         if missing:
             raise OpenbookError(f"stacker: feature(s) {missing} were not computed")
-        return np.stack([center(feats[f]) if f in centered else zscore(feats[f])
-                         for f in names], axis=-1)
+        cols = [center(feats[f]) if f in centered else zscore(feats[f]) for f in names]
+        if gated:
+            conf = evidence_confidence(feats)
+            cols += [conf * zscore(feats[f]) for f in gated]
+        return np.stack(cols, axis=-1)
 
     def score(self, feats: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores ``(n_questions, n_options)``; higher is better."""
-        return (self.matrix(feats, self.features, self.centered)
-                @ np.asarray(self.weights)).astype(np.float32)
+        return (self.matrix(feats, self.features, self.centered, self.gated)
+                @ np.asarray([*self.weights, *self.gate_weights])).astype(np.float32)
 
     @classmethod
     def fit(cls, feats: Mapping[str, np.ndarray], answers: np.ndarray,
             names: Sequence[str] | None = None, l2: float = 1e-2,
-            centered: Sequence[str] = ()) -> "Stacker":
+            centered: Sequence[str] = (), gated: Sequence[str] = ()) -> "Stacker":
         """Conditional-logit fit: ``answers`` are option indices ``(n,)``."""
         import torch
 
         names = list(names or [f for f in FEATURES if f in feats])
         centered = [f for f in centered if f in names]
-        x = torch.tensor(cls.matrix(feats, names, centered), dtype=torch.float64)
+        gated = [f for f in gated if f in names]
+        x = torch.tensor(cls.matrix(feats, names, centered, gated), dtype=torch.float64)
         y = torch.as_tensor(np.asarray(answers), dtype=torch.long)
-        w = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
+        w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
         def closure():
@@ -176,8 +218,9 @@ class Stacker:
             return loss
 
         opt.step(closure)
-        return cls(names, [round(float(v), 6) for v in w.detach()],
-                   {"n_questions": int(len(y)), "l2": l2}, centered)
+        fitted = [round(float(v), 6) for v in w.detach()]
+        return cls(names, fitted[:len(names)], {"n_questions": int(len(y)), "l2": l2}, centered,
+                   gated, fitted[len(names):])
 
     def save(self, directory: str | Path) -> Path:
         from .store import write_json_atomic
@@ -195,12 +238,14 @@ class Stacker:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
             return cls(list(d["features"]), [float(v) for v in d["weights"]], d.get("info", {}),
-                       list(d.get("centered", [])))
+                       list(d.get("centered", [])), list(d.get("gated", [])),
+                       [float(v) for v in d.get("gate_weights", [])])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise OpenbookError(f"{path} is not a valid stacker file ({e}); delete it to use the "
                                 "reader alone, or retrain with pipeline.train") from e
 
     def describe(self) -> dict:
         return {"features": dict(zip(self.features, self.weights)), **self.info,
-                **({"centered": list(self.centered)} if self.centered else {})}
+                **({"centered": list(self.centered)} if self.centered else {}),
+                **({"gated": dict(zip(self.gated, self.gate_weights))} if self.gated else {})}
 

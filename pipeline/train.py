@@ -130,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--stack-features", type=lambda v: tuple(x for x in v.split(",") if x),
                    metavar="F1,F2,...", help="evidence combined with the reader (default "
                    f"{','.join(D['stack_features'])}; choose from {','.join(CONTEXT_FEATURES)})")
+    k.add_argument("--no-stack-gate", dest="stack_gate", action="store_false",
+                   help="fit the context evidence with one weight whatever the contexts (default: "
+                        "its weight also grows with how well the contexts match the question)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

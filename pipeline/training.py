@@ -47,7 +47,8 @@ from .focus import FOCUS_MODES
 from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from .questions import LETTERS, Question, load_question_files, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
-from .stacking import CONTEXT_FEATURES, STACK_FILE, Stacker, context_features, reader_feature
+from .stacking import (CONTEXT_FEATURES, DEFAULT_FEATURES, GATED_FEATURES, STACK_FILE, Stacker,
+                       context_features, reader_feature)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ AUTO_MEAN = "mean-question"
 #: Fields that only steer a run (may differ on --resume); all others are the recipe.
 RUN_FIELDS = frozenset({"epochs", "max_steps", "eval_every", "save_every", "log_every", "device",
                         "eval_batch_size", "overwrite", "resume", "progress", "stack",
-                        "stack_features"})
+                        "stack_features", "stack_gate"})
 
 
 @dataclass
@@ -113,7 +114,8 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     stack: bool = True                  # fit a stacker (pipeline.stacking) on --valid at the end
-    stack_features: tuple = ("lexical", "coverage", "dense", "length", "consensus")
+    stack_features: tuple = DEFAULT_FEATURES  # + "length", "consensus": see pipeline.stacking
+    stack_gate: bool = True             # context evidence also weighted by its confidence
 
     def __post_init__(self) -> None:
         self.train = [str(self.train)] if isinstance(self.train, (str, os.PathLike)) \
@@ -786,7 +788,10 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     feats = {"reader": logp, **context_features(cfg.stack_features, prompts, options, contexts,
                                                 embedder, progress=cfg.progress)}
     answers = np.array([LETTERS.index(q.answer) for q in qs])
-    stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features], centered=["reader"])
+    gated = [f for f in GATED_FEATURES if f in cfg.stack_features] \
+        if cfg.stack_gate and "dense" in cfg.stack_features else []
+    stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features], centered=["reader"],
+                          gated=gated)
     letters = [q.answer for q in qs]
     before = map_at_3(rank_letters(logp), letters)
     after = map_at_3(rank_letters(stacker.score(feats)), letters)
@@ -795,18 +800,20 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
                          "valid_map@3_stacked_in_sample": round(after, 5)})
     stacker.save(out)
     log.info("stacker on %d valid questions: MAP@3 %.4f (reader alone) -> %.4f (stacked, "
-             "in-sample); weights %s; saved %s", len(qs), before, after,
-             dict(zip(stacker.features, stacker.weights)), out / STACK_FILE)
+             "in-sample); weights %s%s; saved %s", len(qs), before, after,
+             dict(zip(stacker.features, stacker.weights)),
+             f", gated {dict(zip(stacker.gated, stacker.gate_weights))}" if gated else "",
+             out / STACK_FILE)
     return stacker
 
 
 def restack(out: str | Path, valid: str | None = None, features: Sequence[str] | None = None,
-            device: str | None = None, progress: bool = True) -> Stacker:
+            device: str | None = None, progress: bool = True, gate: bool | None = None) -> Stacker:
     """Fit (again) the stacker of the trained reader in ``out``, without training.
 
     Uses the reader's saved training config (index, retrieval settings, validation CSV);
-    ``valid`` and ``features`` replace the saved ones. For readers trained before a change
-    to the stacker, or to fit it on other labelled questions.
+    ``valid``, ``features`` and ``gate`` replace the saved ones. For readers trained before a
+    change to the stacker, or to fit it on other labelled questions.
     """
     out = Path(out)
     meta_path = out / READER_CONFIG
@@ -824,6 +831,8 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
             raise OpenbookError(f"--features: unknown {unknown}; choose from "
                                 f"{','.join(CONTEXT_FEATURES)}")
         cfg_d["stack_features"] = tuple(features)
+    if gate is not None:
+        cfg_d["stack_gate"] = gate
     if not cfg_d.get("valid"):
         raise OpenbookError(f"{out} was trained without --valid: pass --valid VALID.csv "
                             "(labelled questions the reader was not trained on)")

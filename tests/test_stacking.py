@@ -117,3 +117,61 @@ def test_centred_reader_keeps_its_confidence(tmp_path):
     assert Stacker.load(tmp_path).centered == ["reader"]
     assert Stacker.fit({"reader": sure, "lexical": lexical}, np.array([0]),
                        centered=["reader"]).centered == ["reader"]
+
+
+def _two_regimes(n=600, seed=1):
+    """Half the questions have contexts about them (high 'dense' cosine, 'lexical' points at
+    the answer), half do not (low cosine, 'lexical' is noise); 'reader' is weakly right."""
+    rng = np.random.default_rng(seed)
+    ans = rng.integers(0, 5, n)
+    onehot = np.eye(5)[ans]
+    found = (np.arange(n) % 2 == 0)[:, None]
+    dense = np.where(found, 0.8, 0.45) + 0.01 * rng.normal(size=(n, 5))
+    lexical = np.where(found, 2.0 * onehot, 0.0) + rng.normal(size=(n, 5))
+    return ans, {"reader": 0.8 * onehot + rng.normal(size=(n, 5)), "lexical": lexical,
+                 "dense": dense}
+
+
+def test_gated_evidence_follows_the_evidence_confidence():
+    ans, feats = _two_regimes()
+    train = {k: v[:300] for k, v in feats.items()}
+    held = {k: v[300:] for k, v in feats.items()}
+    letters = ["ABCDE"[a] for a in ans[300:]]
+    plain = Stacker.fit(train, ans[:300], ["reader", "lexical", "dense"], centered=["reader"])
+    gated = Stacker.fit(train, ans[:300], ["reader", "lexical", "dense"], centered=["reader"],
+                        gated=["lexical", "dense"])
+    assert gated.gated == ["lexical", "dense"] and len(gated.gate_weights) == 2
+    assert dict(zip(gated.gated, gated.gate_weights))["lexical"] > 0  # more weight when found
+    m_plain = map_at_3(rank_letters(plain.score(held)), letters)
+    m_gated = map_at_3(rank_letters(gated.score(held)), letters)
+    assert m_gated > m_plain + 0.01
+    # where the contexts miss, the gated stacker leans on the reader, the plain one does not
+    miss = np.arange(300) % 2 == 1
+    lo = {k: v[miss] for k, v in held.items()}
+    reader_only = map_at_3(rank_letters(lo["reader"]), [x for x, m in zip(letters, miss) if m])
+    assert map_at_3(rank_letters(gated.score(lo)), [x for x, m in zip(letters, miss) if m]) \
+        >= reader_only - 0.02
+
+
+def test_gated_save_load_and_checks(tmp_path):
+    s = Stacker(["reader", "lexical", "dense"], [1.0, 0.5, 0.2], centered=["reader"],
+                gated=["lexical"], gate_weights=[0.7])
+    s.save(tmp_path)
+    back = Stacker.load(tmp_path)
+    assert back.gated == ["lexical"] and back.gate_weights == [0.7]
+    assert s.describe()["gated"] == {"lexical": 0.7}
+    feats = {"reader": np.log([[0.2] * 5]), "lexical": np.array([[1.0, 0, 0, 0, 0]]),
+             "dense": np.array([[0.9, 0.1, 0.1, 0.1, 0.1]])}
+    # score = 0.5 z(lexical) + 0.2 z(dense) + 0.7 * max(dense) * z(lexical)
+    z = zscore(feats["lexical"])[0, 0]
+    assert s.score(feats)[0, 0] == pytest.approx(0.5 * z + 0.2 * z + 0.7 * 0.9 * z, rel=1e-5)
+    # a stacker file from before gating has none
+    (tmp_path / STACK_FILE).write_text(json.dumps({"features": ["reader", "lexical"],
+                                                   "weights": [1, 2]}))
+    assert Stacker.load(tmp_path).gated == []
+    with pytest.raises(OpenbookError, match="gated"):
+        Stacker(["reader", "lexical", "dense"], [1, 1, 1], gated=["length"], gate_weights=[1])
+    with pytest.raises(OpenbookError, match="dense"):
+        Stacker(["reader", "lexical"], [1, 1], gated=["lexical"], gate_weights=[1])
+    with pytest.raises(OpenbookError, match="gate weight"):
+        Stacker(["reader", "lexical", "dense"], [1, 1, 1], gated=["lexical"], gate_weights=[])

@@ -88,8 +88,11 @@ def test_train_context_column_then_predict_uses_saved_settings(
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and "lr" in r and "head_lr" in r for r in log if "loss" in r)
     stack = json.loads((out / "openbook_stack.json").read_text())  # fitted on --valid
-    assert stack["features"] == ["reader", "lexical", "coverage", "dense", "length", "consensus"]
-    assert len(stack["weights"]) == 6 and all(np.isfinite(stack["weights"]))
+    # the default evidence: the content features, also gated by the evidence confidence
+    assert stack["features"] == ["reader", "lexical", "coverage", "dense"]
+    assert len(stack["weights"]) == 4 and all(np.isfinite(stack["weights"]))
+    assert stack["gated"] == ["lexical", "coverage", "dense"]
+    assert len(stack["gate_weights"]) == 3 and all(np.isfinite(stack["gate_weights"]))
     assert stack["info"]["n_questions"] == 20
     assert stack["info"]["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -101,6 +104,7 @@ def test_train_context_column_then_predict_uses_saved_settings(
     assert report["retrieval"]["top_k"] == 2 and report["retrieval"]["query"] == "prompt"
     assert report["scorers"][0]["max_length"] == 64
     assert set(report["scorers"][0]["stacker"]["features"]) == set(stack["features"])
+    assert set(report["scorers"][0]["stacker"]["gated"]) == set(stack["gated"])
     assert all(len(q["passages"]) == 2 for q in report["per_question"])
     # an explicit flag still wins over the reader's saved settings
     res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out,
@@ -316,6 +320,13 @@ def test_stacker_changes_predictions_and_no_stack(tiny_bert, train_csv, tiny_ind
     assert res.returncode == 0, res.stderr
     fitted = json.loads((out / "openbook_stack.json").read_text())
     assert fitted["features"] == ["reader", "lexical", "length"] and fitted["centered"] == ["reader"]
+    assert fitted["gated"] == []  # no 'dense', so no evidence confidence to gate by
+    res = run_cli("stack", out, "--features", "lexical,dense", "--no-progress")
+    assert res.returncode == 0 and "gated" in res.stdout, res.stderr
+    assert json.loads((out / "openbook_stack.json").read_text())["gated"] == ["lexical", "dense"]
+    res = run_cli("stack", out, "--features", "lexical,dense", "--no-gate", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "openbook_stack.json").read_text())["gated"] == []
     assert fitted["info"]["fitted_on"] == str(train_csv) and "valid MAP@3" in res.stdout
     for bad, says in ((["--features", "lexical,tarot"], "--features: unknown ['tarot']"),
                       (["--valid", tmp_path / "none.csv"], "none.csv")):
