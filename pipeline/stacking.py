@@ -37,6 +37,10 @@ whenever a reader folder has one. Features (each ``(n_questions, n_options)``):
   writers build distractors by editing the right answer, so it tends to sit
   in the middle of them).
 
+``pipeline.train`` stacks :data:`DEFAULT_FEATURES` (``lexical``, ``coverage``, ``dense``),
+gated; ``length`` and ``consensus`` describe the question writer, and their weights
+did not transfer from one writer's questions to another's.
+
 Example::
 
     >>> import numpy as np
