@@ -46,7 +46,7 @@ from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters  # noqa: E402
 from pipeline.questions import LETTERS, load_questions  # noqa: E402
 from pipeline.retrieval import retrieve  # noqa: E402
-from pipeline.stacking import (CONTEXT_FEATURES, DEFAULT_FEATURES, GATED_FEATURES,  # noqa: E402
+from pipeline.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES,  # noqa: E402
                                Stacker, context_features, reader_feature)
 from pipeline.store import load_index  # noqa: E402
 from quality import _cached, markdown  # noqa: E402
@@ -56,9 +56,9 @@ log = logging.getLogger("stack_transfer")
 #: (label, features besides the reader, gated?)
 VARIANTS = [
     ("all five features (old default)", CONTEXT_FEATURES, False),
-    ("content features", DEFAULT_FEATURES, False),
+    ("content features", CONTENT_FEATURES, False),
     ("all five, gated", CONTEXT_FEATURES, True),
-    ("content, gated (new default)", DEFAULT_FEATURES, True),
+    ("content, gated (new default)", CONTENT_FEATURES, True),
 ]
 
 
@@ -130,7 +130,7 @@ def main() -> int:
                                         {k: evals[k] for k in ("test", "foreign (other half)")})):
         for label, feats, gated in VARIANTS:
             st = Stacker.fit(fit_set["feats"], fit_set["y"], ["reader", *feats], centered=["reader"],
-                             gated=[f for f in GATED_FEATURES if f in feats] if gated else [])
+                             gated=[f for f in CONTENT_FEATURES if f in feats] if gated else [])
             row = {"fitted on": fit_name, "stacker": label}
             for k, s in targets.items():
                 a = aps(st.score(s["feats"]), s)

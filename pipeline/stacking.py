@@ -37,7 +37,7 @@ whenever a reader folder has one. Features (each ``(n_questions, n_options)``):
   writers build distractors by editing the right answer, so it tends to sit
   in the middle of them).
 
-``pipeline.train`` stacks :data:`DEFAULT_FEATURES` (``lexical``, ``coverage``, ``dense``),
+``pipeline.train`` stacks :data:`CONTENT_FEATURES` (``lexical``, ``coverage``, ``dense``),
 gated; ``length`` and ``consensus`` describe the question writer, and their weights
 did not transfer from one writer's questions to another's.
 
@@ -69,12 +69,11 @@ STACK_FILE = "openbook_stack.json"
 #: Every feature :func:`context_features` can compute (``reader`` comes from the reader).
 CONTEXT_FEATURES = ("lexical", "coverage", "dense", "length", "consensus")
 FEATURES = ("reader",) + CONTEXT_FEATURES
-#: The stacker's default evidence: what the context says about each option. ``length`` and
-#: ``consensus`` describe how the question writer built the options; their weights, fitted on
-#: one question generator's validation questions, hurt on another's (README, "Stacker transfer").
-DEFAULT_FEATURES = ("lexical", "coverage", "dense")
-#: What ``pipeline.train`` gates by the evidence confidence (those of them it stacks).
-GATED_FEATURES = ("lexical", "coverage", "dense")
+#: What the contexts say about each option: ``pipeline.train`` stacks these by default and
+#: gates them by the evidence confidence. ``length`` and ``consensus`` describe how the
+#: question writer built the options; their weights, fitted on one question generator's
+#: validation questions, hurt on another's (README, "Stacker transfer").
+CONTENT_FEATURES = ("lexical", "coverage", "dense")
 
 
 def evidence_confidence(feats: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -47,7 +47,7 @@ from .focus import FOCUS_MODES
 from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from .questions import LETTERS, Question, load_question_files, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
-from .stacking import (CONTEXT_FEATURES, DEFAULT_FEATURES, GATED_FEATURES, STACK_FILE, Stacker,
+from .stacking import (CONTENT_FEATURES, CONTEXT_FEATURES, STACK_FILE, Stacker,
                        context_features, reader_feature)
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     stack: bool = True                  # fit a stacker (pipeline.stacking) on --valid at the end
-    stack_features: tuple = DEFAULT_FEATURES  # + "length", "consensus": see pipeline.stacking
+    stack_features: tuple = CONTENT_FEATURES  # + "length", "consensus": see pipeline.stacking
     stack_gate: bool = True             # context evidence also weighted by its confidence
 
     def __post_init__(self) -> None:
@@ -788,7 +788,7 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     feats = {"reader": logp, **context_features(cfg.stack_features, prompts, options, contexts,
                                                 embedder, progress=cfg.progress)}
     answers = np.array([LETTERS.index(q.answer) for q in qs])
-    gated = [f for f in GATED_FEATURES if f in cfg.stack_features] \
+    gated = [f for f in CONTENT_FEATURES if f in cfg.stack_features] \
         if cfg.stack_gate and "dense" in cfg.stack_features else []
     stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features], centered=["reader"],
                           gated=gated)
