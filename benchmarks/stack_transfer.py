@@ -47,7 +47,7 @@ from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters 
 from pipeline.questions import LETTERS, load_questions  # noqa: E402
 from pipeline.retrieval import retrieve  # noqa: E402
 from pipeline.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES,  # noqa: E402
-                               Stacker, context_features, reader_feature)
+                               Stacker, context_features, gated_features, reader_feature)
 from pipeline.store import load_index  # noqa: E402
 from quality import _cached, markdown  # noqa: E402
 
@@ -130,7 +130,7 @@ def main() -> int:
                                         {k: evals[k] for k in ("test", "foreign (other half)")})):
         for label, feats, gated in VARIANTS:
             st = Stacker.fit(fit_set["feats"], fit_set["y"], ["reader", *feats], centered=["reader"],
-                             gated=[f for f in CONTENT_FEATURES if f in feats] if gated else [])
+                             gated=gated_features(feats, gated))
             row = {"fitted on": fit_name, "stacker": label}
             for k, s in targets.items():
                 a = aps(st.score(s["feats"]), s)

@@ -76,6 +76,16 @@ FEATURES = ("reader",) + CONTEXT_FEATURES
 CONTENT_FEATURES = ("lexical", "coverage", "dense")
 
 
+def gated_features(features: Sequence[str], gate: bool = True) -> list[str]:
+    """The features of ``features`` that ``pipeline.train`` gates: its content features, when
+    ``gate`` and ``dense`` (which gives the confidence) is among them.
+
+    >>> gated_features(["lexical", "dense", "length"]), gated_features(["lexical", "length"])
+    (['lexical', 'dense'], [])
+    """
+    return [f for f in CONTENT_FEATURES if f in features] if gate and "dense" in features else []
+
+
 def evidence_confidence(feats: Mapping[str, np.ndarray]) -> np.ndarray:
     """``(n, 1)``: the question's best ``dense`` cosine over its options (see the docstring)."""
     if "dense" not in feats:

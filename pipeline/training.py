@@ -48,7 +48,7 @@ from .metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from .questions import LETTERS, Question, load_question_files, load_questions
 from .reader import READER_CONFIG, MultipleChoiceReader
 from .stacking import (CONTENT_FEATURES, CONTEXT_FEATURES, STACK_FILE, Stacker,
-                       context_features, reader_feature)
+                       context_features, gated_features, reader_feature)
 
 log = logging.getLogger(__name__)
 
@@ -788,8 +788,7 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     feats = {"reader": logp, **context_features(cfg.stack_features, prompts, options, contexts,
                                                 embedder, progress=cfg.progress)}
     answers = np.array([LETTERS.index(q.answer) for q in qs])
-    gated = [f for f in CONTENT_FEATURES if f in cfg.stack_features] \
-        if cfg.stack_gate and "dense" in cfg.stack_features else []
+    gated = gated_features(cfg.stack_features, cfg.stack_gate)
     stacker = Stacker.fit(feats, answers, ["reader", *cfg.stack_features], centered=["reader"],
                           gated=gated)
     letters = [q.answer for q in qs]
