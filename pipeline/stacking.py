@@ -253,7 +253,7 @@ class Stacker:
             return cls(list(d["features"]), [float(v) for v in d["weights"]], d.get("info", {}),
                        list(d.get("centered", [])), list(d.get("gated", [])),
                        [float(v) for v in d.get("gate_weights", [])])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, OpenbookError) as e:
             raise OpenbookError(f"{path} is not a valid stacker file ({e}); delete it to use the "
                                 "reader alone, or retrain with pipeline.train") from e
 

@@ -169,6 +169,12 @@ def test_gated_save_load_and_checks(tmp_path):
     (tmp_path / STACK_FILE).write_text(json.dumps({"features": ["reader", "lexical"],
                                                    "weights": [1, 2]}))
     assert Stacker.load(tmp_path).gated == []
+    # a file whose gate makes no sense is refused, naming the file and the fix
+    (tmp_path / STACK_FILE).write_text(json.dumps({"features": ["reader", "lexical", "dense"],
+                                                   "weights": [1, 1, 1], "gated": ["length"],
+                                                   "gate_weights": [1]}))
+    with pytest.raises(OpenbookError, match=f"{STACK_FILE} is not a valid stacker file.*length"):
+        Stacker.load(tmp_path)
     with pytest.raises(OpenbookError, match="gated"):
         Stacker(["reader", "lexical", "dense"], [1, 1, 1], gated=["length"], gate_weights=[1])
     with pytest.raises(OpenbookError, match="dense"):
