@@ -42,16 +42,16 @@ from pipeline.questions import LETTERS, load_questions  # noqa: E402
 from pipeline.chunking import with_title  # noqa: E402
 from pipeline.retrieval import retrieve  # noqa: E402
 from pipeline.stacking import (CONTENT_FEATURES, Stacker, context_features,  # noqa: E402
-                               coverage_scores, reader_feature)
+                               reader_feature)
 from pipeline.store import load_index  # noqa: E402
-from pipeline.zeroshot import ZeroShotScorer, lexical_scores  # noqa: E402
+from pipeline.zeroshot import ZeroShotScorer  # noqa: E402
 from quality import _cached, markdown  # noqa: E402
 
 log = logging.getLogger("evidence_ablation")
 
-EXTRA = ("dense_mpnet", "lexical_p1", "coverage_p1", "dense_p1")
 CONTENT = list(CONTENT_FEATURES)
-P1 = ["lexical_p1", "coverage_p1", "dense_p1"]
+P1 = [f"{f}_p1" for f in CONTENT]  # the content features of the top passage alone
+EXTRA = ("dense_mpnet", *P1)
 #: (label, evidence features, gated?)
 VARIANTS = [
     ("content (lexical, coverage, dense), gated: the default", CONTENT, True),
@@ -67,11 +67,11 @@ ZERO_SHOT = [
 ]
 
 
-def scored_set(csv: str, reader: str | None, index: str, mpnet: Embedder, cache: str) -> dict:
-    """Every feature ``(n, 5)`` (the reader's log-probabilities too, when given) and answers."""
+def scored_set(csv: str, reader: str | None, index: str, store, emb: Embedder, mpnet: Embedder,
+               cache: str) -> dict:
+    """Every feature ``(n, 5)`` (the reader's log-probabilities too, when given) and answers.
+    ``store`` is ``index`` loaded, ``emb`` its embedder."""
     qs = load_questions(csv, require_answer=True)
-    store = load_index(index)
-    emb = open_embedder(store, None, None)
     cfg = reader_retrieval(PredictConfig(questions=csv, index=index, readers=[reader] if reader else [],
                                          progress=False)).resolved(store.meta, index)
     found = retrieve(qs, store, emb, cfg, progress=False)
@@ -79,14 +79,13 @@ def scored_set(csv: str, reader: str | None, index: str, mpnet: Embedder, cache:
     top1 = [with_title(c.titles[0], c.texts[0]) if c.texts else "" for c in found]
     prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
     feats = context_features(CONTENT_FEATURES, prompts, options, ctx, emb)
-    key = hashlib.sha1(repr((csv, Path(csv).read_text(), ctx)).encode()).hexdigest()[:16]
+    key = hashlib.sha1(repr((mpnet.name, csv, Path(csv).read_text(), ctx)).encode()).hexdigest()[:16]
     path = Path(cache) / f"dense_mpnet-{key}.npy"
     if not path.exists():
         np.save(path, ZeroShotScorer(mpnet).dense_scores(prompts, options, ctx, progress=True))
     feats["dense_mpnet"] = np.load(path)
-    feats["lexical_p1"] = np.stack([lexical_scores(o, c) for o, c in zip(options, top1)])
-    feats["coverage_p1"] = np.stack([coverage_scores(o, c) for o, c in zip(options, top1)])
-    feats["dense_p1"] = ZeroShotScorer(emb).dense_scores(prompts, options, top1)
+    feats.update({f"{k}_p1": v for k, v in
+                  context_features(CONTENT_FEATURES, prompts, options, top1, emb).items()})
     if reader:
         from pipeline.reader import MultipleChoiceReader
 
@@ -111,8 +110,9 @@ def main() -> int:
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     # the candidates are not stacker features (predict cannot compute them): let Stacker fit them
     stacking.FEATURES = stacking.FEATURES + EXTRA
-    mpnet = Embedder(args.mpnet)
-    valid, test = (scored_set(csv, args.reader, args.index, mpnet, args.cache)
+    store = load_index(args.index)
+    emb, mpnet = open_embedder(store, None, None), Embedder(args.mpnet)
+    valid, test = (scored_set(csv, args.reader, args.index, store, emb, mpnet, args.cache)
                    for csv in (args.valid, args.test))
     groups = [("evidence alone (zero-shot)", [(lbl, f, False) for lbl, f in ZERO_SHOT], [])]
     if args.reader:
