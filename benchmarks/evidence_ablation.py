@@ -1,6 +1,6 @@
 """Would stronger context evidence help the stacker? Candidate features, fitted and compared.
 
-The stacker (:mod:`pipeline.stacking`) adds evidence to a reader: option-distinctive word
+The stacker (:mod:`pipeline.readers.stacking`) adds evidence to a reader: option-distinctive word
 overlap (``lexical``), word ``coverage`` and the best sentence cosine of ``prompt + option``
 (``dense``, with the index's embedder). This script measures candidate evidence that
 ``predict`` does not compute, before anyone builds it in:
@@ -33,18 +33,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import stacking  # noqa: E402
-from pipeline.answering import PredictConfig, open_embedder, reader_retrieval  # noqa: E402
+from pipeline.readers import stacking  # noqa: E402
+from pipeline.answering.predictor import PredictConfig, open_embedder, reader_retrieval  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.embedding import Embedder  # noqa: E402
+from pipeline.index.embedding import Embedder  # noqa: E402
 from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters  # noqa: E402
 from pipeline.questions import LETTERS, load_questions  # noqa: E402
-from pipeline.chunking import with_title  # noqa: E402
-from pipeline.retrieval import retrieve  # noqa: E402
-from pipeline.stacking import (CONTENT_FEATURES, Stacker, context_features,  # noqa: E402
+from pipeline.index.chunking import with_title  # noqa: E402
+from pipeline.retrieval.retriever import retrieve  # noqa: E402
+from pipeline.readers.stacking import (CONTENT_FEATURES, Stacker, context_features,  # noqa: E402
                                reader_feature)
-from pipeline.store import load_index  # noqa: E402
-from pipeline.zeroshot import ZeroShotScorer  # noqa: E402
+from pipeline.index.store import load_index  # noqa: E402
+from pipeline.readers.zeroshot import ZeroShotScorer  # noqa: E402
 from quality import _cached, markdown  # noqa: E402
 
 log = logging.getLogger("evidence_ablation")
@@ -87,7 +87,7 @@ def scored_set(csv: str, reader: str | None, index: str, store, emb: Embedder, m
     feats.update({f"{k}_p1": v for k, v in
                   context_features(CONTENT_FEATURES, prompts, options, top1, emb).items()})
     if reader:
-        from pipeline.reader import MultipleChoiceReader
+        from pipeline.readers.multiple_choice import MultipleChoiceReader
 
         feats["reader"] = reader_feature(_cached(
             cache, reader, csv, ctx, lambda: MultipleChoiceReader.from_pretrained(reader)

@@ -32,15 +32,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import faiss_index  # noqa: E402
-from pipeline.index_budget import default_nprobe, ivfpq_spec, optimal_nlist  # noqa: E402
+from pipeline.index import faiss_index  # noqa: E402
+from pipeline.index.sizing import default_nprobe, ivfpq_spec, optimal_nlist  # noqa: E402
 
 
 def real_vectors(index_dir: Path, questions: Path, n_queries: int):
     import faiss
 
-    from pipeline.embedding import Embedder
-    from pipeline.store import read_meta
+    from pipeline.index.embedding import Embedder
+    from pipeline.index.store import read_meta
 
     meta = read_meta(index_dir)
     flat = faiss.read_index(str(index_dir / "faiss.index"))

@@ -47,14 +47,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.answering import (PredictConfig, apply_stacker, open_embedder,  # noqa: E402
+from pipeline.answering.predictor import (PredictConfig, apply_stacker, open_embedder,  # noqa: E402
                                 reader_retrieval)
 from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.metrics import (accuracy_at_1, average_precisions, paired_bootstrap,  # noqa: E402
                               rank_letters, recall_at_k, standard_error)
 from pipeline.questions import load_questions  # noqa: E402
-from pipeline.retrieval import RetrievalConfig, retrieve  # noqa: E402
-from pipeline.store import load_index  # noqa: E402
+from pipeline.retrieval.retriever import RetrievalConfig, retrieve  # noqa: E402
+from pipeline.index.store import load_index  # noqa: E402
 
 log = logging.getLogger("quality")
 KS = (1, 3, 5, 10)
@@ -121,8 +121,8 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
     every reader at that many tokens instead of the length it was trained with; ``versus``
     names the scorer every row is compared with (see :func:`compare`); ``subsets`` adds the
     ensemble of every smaller group of two or more readers."""
-    from pipeline.reader import MultipleChoiceReader
-    from pipeline.zeroshot import ZeroShotScorer
+    from pipeline.readers.multiple_choice import MultipleChoiceReader
+    from pipeline.readers.zeroshot import ZeroShotScorer
 
     qs = load_questions(questions_csv, require_answer=True)
     answers = [q.answer for q in qs]

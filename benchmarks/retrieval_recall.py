@@ -11,7 +11,7 @@ has several questions, each with its own context, from one Wikipedia page
 sibling context is a miss here, though it may answer the question, which
 is why every retriever scores lower at R@1 on stem_1k than on extra_500.
 
-The index is built once with the library (:func:`pipeline.build.build_index`,
+The index is built once with the library (:func:`pipeline.index.build.build_index`,
 default MiniLM embedder and chunking, BM25 included) under ``--work`` and
 reused by later runs; BM25 is added to it if it lacks one. Every retriever
 runs in the same process on the same index, and the table gives recall@1/3/5/10
@@ -41,14 +41,14 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.bm25 import add_bm25, has_bm25  # noqa: E402
-from pipeline.build import BuildConfig, build_index  # noqa: E402
+from pipeline.index.bm25 import add_bm25, has_bm25  # noqa: E402
+from pipeline.index.build import BuildConfig, build_index  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.corpus import iter_documents  # noqa: E402
-from pipeline.embedding import Embedder  # noqa: E402
+from pipeline.corpus.readers import iter_documents  # noqa: E402
+from pipeline.index.embedding import Embedder  # noqa: E402
 from pipeline.metrics import recall_at_k  # noqa: E402
-from pipeline.retrieval import RetrievalConfig, retrieve  # noqa: E402
-from pipeline.store import META_FILE, load_index  # noqa: E402
+from pipeline.retrieval.retriever import RetrievalConfig, retrieve  # noqa: E402
+from pipeline.index.store import META_FILE, load_index  # noqa: E402
 
 log = logging.getLogger("retrieval_recall")
 
@@ -68,7 +68,7 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Q:
-    """A question as :func:`pipeline.retrieval.retrieve` wants it, plus its source document."""
+    """A question as :func:`pipeline.retrieval.retriever.retrieve` wants it, plus its source document."""
 
     prompt: str
     options: tuple[str, ...]

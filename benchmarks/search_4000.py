@@ -1,10 +1,10 @@
 """Competition-scale search: 4,000 queries x K=20 against 1M 384-d vectors with IVF-PQ.
 
 ``predict`` embeds all its queries and makes one batched ``IndexStore.search`` call
-(:func:`pipeline.retrieval._ranked_lists`); this times that call on an index of the
+(:func:`pipeline.retrieval.retriever._ranked_lists`); this times that call on an index of the
 kind ``--max-index-memory`` picks for 1M vectors, built from synthetic clustered
 384-d unit vectors (real MiniLM vectors of 1M passages would take hours to embed
-here), written to disk and loaded memory-mapped with :func:`pipeline.store.load_index`
+here), written to disk and loaded memory-mapped with :func:`pipeline.index.store.load_index`
 like ``predict`` does. The baseline, in the same run: exact flat search of the same
 queries over a subset (``--flat-subset``, default 100k vectors), scaled linearly to 1M
 (flat search is linear in the vectors). Recall@20 of IVF-PQ against exact search is
@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.index_budget import choose_by_budget, parse_size  # noqa: E402
-from pipeline.chunking import Passage  # noqa: E402
-from pipeline.store import IndexWriter, load_index  # noqa: E402
+from pipeline.index.sizing import choose_by_budget, parse_size  # noqa: E402
+from pipeline.index.chunking import Passage  # noqa: E402
+from pipeline.index.store import IndexWriter, load_index  # noqa: E402
 
 
 def clustered(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:
@@ -65,7 +65,7 @@ def main() -> int:
     if spec.train_size:  # a flat index (the budget fits it) trains nothing
         spec = replace(spec, train_size=min(spec.train_size, args.train))
     if args.no_opq and spec.opq:
-        from pipeline.index_budget import ivfpq_spec
+        from pipeline.index.sizing import ivfpq_spec
 
         spec = replace(ivfpq_spec(args.n, dim, spec.m, nlist=spec.nlist, nprobe=args.nprobe,
                                   opq=False), train_size=spec.train_size)

@@ -1,6 +1,6 @@
 """Does a reader's stacker transfer? Fitted on one kind of question, scored on another.
 
-A stacker (:mod:`pipeline.stacking`) is fitted on a few hundred validation questions.
+A stacker (:mod:`pipeline.readers.stacking`) is fitted on a few hundred validation questions.
 Two things can differ between those and the questions it answers later:
 
 * the **question writer**: ``length`` and ``consensus`` describe how the options were
@@ -41,14 +41,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.answering import PredictConfig, open_embedder, reader_retrieval  # noqa: E402
+from pipeline.answering.predictor import PredictConfig, open_embedder, reader_retrieval  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters  # noqa: E402
 from pipeline.questions import LETTERS, load_questions  # noqa: E402
-from pipeline.retrieval import retrieve  # noqa: E402
-from pipeline.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES,  # noqa: E402
+from pipeline.retrieval.retriever import retrieve  # noqa: E402
+from pipeline.readers.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES,  # noqa: E402
                                Stacker, context_features, gated_features, reader_feature)
-from pipeline.store import load_index  # noqa: E402
+from pipeline.index.store import load_index  # noqa: E402
 from quality import _cached, markdown  # noqa: E402
 
 log = logging.getLogger("stack_transfer")
@@ -64,7 +64,7 @@ VARIANTS = [
 
 def scored_set(csv: str, reader: str, index: str, cache: str | None) -> dict:
     """The reader's log-probabilities and every context feature ``(n, 5)``, and the answers."""
-    from pipeline.reader import MultipleChoiceReader
+    from pipeline.readers.multiple_choice import MultipleChoiceReader
 
     qs = load_questions(csv, require_answer=True)
     store = load_index(index)

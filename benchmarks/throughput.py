@@ -10,7 +10,7 @@ other jobs on the machine hurts no variant for good):
 
 - **naive**: ``SentenceTransformer(model).encode(texts)``: default batch 32,
   fp32 torch; what the Kaggle notebooks do;
-- **ours** per backend: :class:`pipeline.embedding.Embedder` (texts sorted by
+- **ours** per backend: :class:`pipeline.index.embedding.Embedder` (texts sorted by
   length, batch by device) with ``torch``, ``onnx`` fp32 / int8, ``openvino``
   fp32 / int8 (those whose packages are installed).
 
@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.chunking import ChunkConfig, Chunker  # noqa: E402
+from pipeline.index.chunking import ChunkConfig, Chunker  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.corpus import iter_documents  # noqa: E402
-from pipeline.embedding import Embedder, resolve_model  # noqa: E402
+from pipeline.corpus.readers import iter_documents  # noqa: E402
+from pipeline.index.embedding import Embedder, resolve_model  # noqa: E402
 
 QUESTIONS = REPO.parent / "shared" / "data" / "stem_1k.csv"
 K = 10

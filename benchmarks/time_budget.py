@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.answering import PredictConfig, predict
-from pipeline.retrieval import RetrievalConfig
+from pipeline.answering.predictor import PredictConfig, predict
+from pipeline.retrieval.retriever import RetrievalConfig
 
 
 def run(questions: str, index: str, out: Path, budget: float | None, top_k: int,

@@ -29,13 +29,13 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def main() -> int:
-    from pipeline.answering import open_embedder
-    from pipeline.chunking import with_title
+    from pipeline.answering.predictor import open_embedder
+    from pipeline.index.chunking import with_title
     from pipeline.metrics import map_at_3, rank_letters, recall_at_k
     from pipeline.questions import load_questions
-    from pipeline.retrieval import RetrievalConfig, retrieve
-    from pipeline.store import load_index
-    from pipeline.zeroshot import ZeroShotScorer
+    from pipeline.retrieval.retriever import RetrievalConfig, retrieve
+    from pipeline.index.store import load_index
+    from pipeline.readers.zeroshot import ZeroShotScorer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", default="index/haystack")

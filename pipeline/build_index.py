@@ -1,6 +1,6 @@
 """``python -m pipeline.build_index``: corpus -> chunks -> vectors -> FAISS (+ BM25) index directory.
 
-A thin CLI over :func:`pipeline.build.build_index`; see ``--help``.
+A thin CLI over :func:`pipeline.index.build.build_index`; see ``--help``.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from .build import BuildConfig, build_index
-from .chunking import ChunkConfig
-from .cli import add_output_args, run, setup_logging
-from .corpus import FORMATS
-from .embedding import BACKENDS, DEFAULT_EMBEDDER, QUANTIZE
-from .faiss_index import INDEX_TYPES
+from pipeline.index.build import BuildConfig, build_index
+from pipeline.index.chunking import ChunkConfig
+from pipeline.cli import add_output_args, run, setup_logging
+from pipeline.corpus.readers import FORMATS
+from pipeline.index.embedding import BACKENDS, DEFAULT_EMBEDDER, QUANTIZE
+from pipeline.index.faiss_index import INDEX_TYPES
 
 EXAMPLES = """\
 examples:

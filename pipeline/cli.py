@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import OpenbookError
+from pipeline.errors import OpenbookError
 
 log = logging.getLogger("pipeline")
 

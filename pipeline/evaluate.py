@@ -1,6 +1,6 @@
 """``python -m pipeline.evaluate``: measure a scorer on labelled questions; write a report folder.
 
-A thin CLI over :func:`pipeline.evaluation.evaluate`; see ``--help``.
+A thin CLI over :func:`pipeline.reporting.evaluation.evaluate`; see ``--help``.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli import add_output_args, run, setup_logging
-from .evaluation import EvaluateConfig, evaluate
-from .predict import add_retrieval_and_reader_args, retrieval_config
-from .store import VERIFY_MODES
+from pipeline.cli import add_output_args, run, setup_logging
+from pipeline.reporting.evaluation import EvaluateConfig, evaluate
+from pipeline.predict import add_retrieval_and_reader_args, retrieval_config
+from pipeline.index.store import VERIFY_MODES
 
 EXAMPLES = """\
 examples:

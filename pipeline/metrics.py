@@ -19,7 +19,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from .questions import LETTERS
+from pipeline.questions import LETTERS
 
 
 def _check_ranked(ranked: Sequence[str]) -> None:

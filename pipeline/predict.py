@@ -1,6 +1,6 @@
 """``python -m pipeline.predict``: answer a question CSV with an index and a reader.
 
-A thin CLI over :func:`pipeline.answering.predict`; see ``--help``.
+A thin CLI over :func:`pipeline.answering.predictor.predict`; see ``--help``.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from .answering import PredictConfig, predict
-from .budget import parse_duration
-from .cli import add_output_args, run, setup_logging
-from .errors import OpenbookError
-from .focus import FOCUS_MODES
-from .retrieval import QUERY_MODES, RETRIEVERS, RetrievalConfig
-from .store import VERIFY_MODES
+from pipeline.answering.predictor import PredictConfig, predict
+from pipeline.answering.budget import parse_duration
+from pipeline.cli import add_output_args, run, setup_logging
+from pipeline.errors import OpenbookError
+from pipeline.retrieval.focus import FOCUS_MODES
+from pipeline.retrieval.retriever import QUERY_MODES, RETRIEVERS, RetrievalConfig
+from pipeline.index.store import VERIFY_MODES
 
 EXAMPLES = """\
 examples:
@@ -62,7 +62,7 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                         "instead of one 'prompt + all options' query")
     r.add_argument("--focus", choices=FOCUS_MODES, default=RetrievalConfig.focus,
                    help="sentences: the context is the passages' sentences, best first "
-                        "(see pipeline.focus) (default: %(default)s, or the reader's saved "
+                        "(see pipeline.retrieval.focus) (default: %(default)s, or the reader's saved "
                         "setting)")
     r.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists searched per query (default: the index's own)")

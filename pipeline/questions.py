@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``python -m pipeline.stack READER_DIR``: fit a trained reader's stacker again, without training.
 
-``pipeline.train`` fits the stacker (:mod:`pipeline.stacking`) on ``--valid`` at the end of
+``pipeline.train`` fits the stacker (:mod:`pipeline.readers.stacking`) on ``--valid`` at the end of
 a run. This command does only that step, for a reader trained before a change to the
 stacker, after a stopped run, or on other labelled questions::
 
@@ -17,8 +17,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli import add_output_args, run, setup_logging
-from .stacking import CONTEXT_FEATURES
+from pipeline.cli import add_output_args, run, setup_logging
+from pipeline.readers.stacking import CONTEXT_FEATURES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .training import restack
+    from pipeline.training.loop import restack
 
     args = parser().parse_args(argv)
     setup_logging(args.verbose)

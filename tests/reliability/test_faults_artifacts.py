@@ -43,7 +43,7 @@ def test_tampered_file_same_size_caught_by_full_check(name, idx, tmp_path):
     uses = ("--retriever", "hybrid") if name.startswith("bm25/") else ()  # BM25 is checked when used
     res, out = _predict(idx, tmp_path, "--verify-index", "full", *uses)
     assert_user_error(res, f"--index {idx}", f"{name} fails its sha256 check", "rebuild the")
-    assert "pipeline.embedding:" not in res.stderr  # refused before loading any model
+    assert "pipeline.index.embedding:" not in res.stderr  # refused before loading any model
     assert not out.exists()
 
 
@@ -68,7 +68,7 @@ def test_damaged_parquet_header_without_full_check_is_a_clean_error(idx, tmp_pat
     """A flip in a parquet page passes the size check; reading it must not be a traceback.
     (In-process: the failure only shows when passages are read, after the model loads.)"""
     from pipeline.errors import OpenbookError
-    from pipeline.store import load_index
+    from pipeline.index.store import load_index
 
     flip_bytes(idx / "passages.parquet", 6)
     store = load_index(idx)  # default: sizes only
@@ -77,7 +77,7 @@ def test_damaged_parquet_header_without_full_check_is_a_clean_error(idx, tmp_pat
 
 
 def test_full_check_passes_an_intact_index(rel_index):
-    from pipeline.store import load_index
+    from pipeline.index.store import load_index
 
     before = snapshot(rel_index)
     assert load_index(rel_index, verify="full").size == 3
@@ -122,7 +122,7 @@ def test_index_without_normalisation_refused(idx, tmp_path):
     res, out = _predict(idx, tmp_path)
     assert_user_error(res, f"--index {idx}", "normalize=False", "L2-normalised query vectors",
                       "rebuild the index")
-    assert "pipeline.embedding:" not in res.stderr  # told before loading the model
+    assert "pipeline.index.embedding:" not in res.stderr  # told before loading the model
     assert not out.exists()
 
 

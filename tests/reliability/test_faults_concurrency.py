@@ -30,7 +30,7 @@ def test_second_concurrent_build_is_refused_and_first_completes(tmp_path_factory
             os.kill(first.pid, signal.SIGCONT)
         assert_user_error(second, f"--out {out} is being built by another process "
                                   f"(pid {first.pid})", "wait for it to finish", "another --out")
-        assert "pipeline.embedding:" not in second.stderr  # refused before loading any model
+        assert "pipeline.index.embedding:" not in second.stderr  # refused before loading any model
         stdout, stderr = first.communicate(timeout=600)
     finally:
         stop_process(first)

@@ -72,7 +72,7 @@ def test_predict_disk_full_keeps_previous_submission(rel_index, tmp_path):
 
 def test_write_failure_of_first_file_leaves_nothing(tmp_path, monkeypatch):
     """ENOSPC on the submission itself (in-process, the library the CLI calls)."""
-    from pipeline import answering
+    from pipeline.answering import predictor as answering
     from pipeline.errors import OpenbookError
 
     out = _previous_submission(tmp_path / "out")
@@ -138,8 +138,8 @@ def test_faiss_write_failure_is_not_silent(tmp_path):
 import errno, resource, signal, sys
 from dataclasses import dataclass
 import numpy as np
-from pipeline import faiss_index
-from pipeline.store import IndexWriter
+from pipeline.index import faiss_index
+from pipeline.index.store import IndexWriter
 
 @dataclass
 class P:
@@ -176,7 +176,7 @@ def test_build_out_under_a_file_is_refused(tmp_path_factory, tmp_path):
                   *BUILD_FLAGS)
     assert_user_error(res, f"--out {out}: cannot create the folder {blocker}",
                       "a file is in the way", "choose another --out", "nothing was published")
-    assert "pipeline.embedding:" not in res.stderr  # refused before loading any model
+    assert "pipeline.index.embedding:" not in res.stderr  # refused before loading any model
     assert blocker.read_text() == "I am a file\n"
 
 

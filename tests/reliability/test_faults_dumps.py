@@ -53,7 +53,7 @@ def test_truncated_bz2_dump_midway(tmp_path):
     assert_user_error(res, str(corpus), "truncated or malformed", "page(s) were read",
                       "re-download the dump")
     _nothing_under(out)
-    assert "pipeline.embedding:" in res.stderr  # it failed mid-build, after loading the model
+    assert "pipeline.index.embedding:" in res.stderr  # it failed mid-build, after loading the model
 
 
 def test_truncated_bz2_dump_in_header(tmp_path):

@@ -63,7 +63,7 @@ def test_next_build_takes_over_stale_lock(killed_build, tmp_path_factory, tmp_pa
     assert f"taking over the stale build lock {tmp_path / '.idx.lock'}" in res.stderr
     assert f"pid {k['pid']}" in res.stderr
     assert leftovers(out) == []
-    from pipeline.store import load_index
+    from pipeline.index.store import load_index
 
     assert load_index(out, verify="full").size == 3  # the new corpus, not the killed one's
 

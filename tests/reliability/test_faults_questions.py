@@ -71,7 +71,7 @@ def test_bad_question_file_is_refused(fault, rel_index, tmp_path):
     res = run_cli("predict", questions, "--index", rel_index, "--out", out, "--overwrite",
                   "--no-progress")
     assert_user_error(res, str(questions), *needles)
-    assert "pipeline.embedding:" not in res.stderr  # refused before any model is loaded
+    assert "pipeline.index.embedding:" not in res.stderr  # refused before any model is loaded
     assert snapshot(out.parent) == before  # no new file, no temp file, previous ones unchanged
 
 

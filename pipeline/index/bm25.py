@@ -1,0 +1,435 @@
+"""BM25 (with ``bm25s``) over an index's passages, stored inside the index directory.
+
+Row *i* of the BM25 matrix is passage row *i* of ``passages.parquet`` and
+vector *i* of ``faiss.index``, so lexical and dense hits share ids. Each
+passage is indexed as ``with_title(title, text)``, exactly what is embedded::
+
+    index/NAME/
+      meta.json          ... + "bm25": params, tokenizer, vocab size, counts, files (bytes, sha256)
+      bm25/
+        data.csc.index.npy, indices.csc.index.npy, indptr.csc.index.npy
+                         the (token x passage) BM25 score matrix, CSC; memory-mapped at query time
+        vocab.index.json term -> column
+        params.index.json bm25s parameters
+        tokenizer.json   how text became terms (pattern, stop-word list, stemmer): queries
+                         are tokenised from this file, not from library defaults
+
+Tokenisation (:class:`TermTokenizer`): Unicode NFKD with accents dropped
+(``Schrödinger`` -> ``schrodinger``, ``H₂O`` -> ``h2o``), lower case, then
+terms are numbers with their decimal point or thousands commas
+(``3.14``, ``1,000`` -> ``1000``) or runs of letters and digits (``h2o``,
+``1905``, ``β``); English stop words are removed and the rest stemmed with
+PyStemmer's Snowball English stemmer when it is installed. The BM25 bits
+are recorded in ``meta.json["bm25"]``; ``bm25/`` files are listed there, not
+in the top-level ``files``, so an index without BM25 is still complete.
+
+Building streams ``passages.parquet`` a batch at a time: text is tokenised
+and dropped, and only the term ids stay (``array('i')``, 4 bytes a term).
+What ``bm25s`` itself holds in memory while indexing: every passage's term
+ids (the ``corpus_token_ids`` list it requires), the vocabulary dict, the
+document-frequency dict, and three arrays of (distinct term, passage)
+pairs (float32 score, int32 row, int32 term) plus their CSC copy, i.e. about
+4 B x tokens + ~24 B x nnz. For 10k demo summaries that is a few MB; for all
+of English Wikipedia (~3G tokens) it needs tens of GB, so build such a BM25
+on a big machine (or skip it with ``--no-bm25``). At query time the three
+CSC arrays are memory-mapped; the vocabulary (a dict) is read into RAM.
+
+Building runs beside the live files (``bm25/`` is replaced only when the new
+one is whole, and ``meta.json["bm25"]`` is written last), so it can be re-run
+on its own: ``python -m pipeline.bm25 --index DIR``.
+
+Example::
+
+    >>> meta = add_bm25("index/demo")                                   # doctest: +SKIP
+    >>> bm = load_bm25("index/demo")                                    # doctest: +SKIP
+    >>> scores, rows = bm.search(["Who proposed special relativity in 1905?"], k=3)  # doctest: +SKIP
+    >>> rows.shape, scores.shape                                        # doctest: +SKIP
+    ((1, 3), (1, 3))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import unicodedata
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.index.chunking import with_title
+from pipeline.errors import IndexMismatchError, OpenbookError
+
+log = logging.getLogger(__name__)
+
+BM25_DIR = "bm25"
+TOKENIZER_FILE = "tokenizer.json"
+METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+STEMMERS = ("auto", "english", "none")
+STOPWORD_LISTS = ("en_plus", "en", "none")
+
+#: Numbers with thousands commas or decimal points first (so "3.14" stays one
+#: term), then runs of letters/digits ("h2o", "1905"); "_" is a separator.
+TOKEN_PATTERN = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)+|[^\W_]+"
+_COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+
+
+class Bm25MissingError(OpenbookError):
+    """BM25 retrieval was asked of an index that has no BM25."""
+
+
+def missing_message(index: str | Path) -> str:
+    return (f"--index {index} has no BM25 index; add one with "
+            f"`python -m pipeline.bm25 --index {index}` (or rebuild the index without --no-bm25), "
+            "or use --retriever dense")
+
+
+def _stopwords(name: str) -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN, STOPWORDS_EN_PLUS
+
+    lists = {"en_plus": STOPWORDS_EN_PLUS, "en": STOPWORDS_EN, "none": ()}
+    if name not in lists:
+        raise OpenbookError(f"--stopwords must be one of {', '.join(STOPWORD_LISTS)}, got {name!r}")
+    return sorted(lists[name])
+
+
+def stemmer_available() -> bool:
+    try:
+        import Stemmer  # noqa: F401  (PyStemmer)
+    except ImportError:
+        return False
+    return True
+
+
+class TermTokenizer:
+    """Text -> BM25 terms: fold accents, lower-case, split, drop stop words, stem.
+
+    Args:
+        stopwords: the stop words (already lower case).
+        stemmer: ``"english"`` (PyStemmer's Snowball) or ``None``.
+
+    >>> tok = TermTokenizer(["the", "of", "is"], stemmer=None)
+    >>> tok.terms(["The mass of H₂O is 18.015 g/mol; π ≈ 3.14, c. 1,000 proteins in 1905."])
+    [['mass', 'h2o', '18.015', 'g', 'mol', 'π', '3.14', 'c', '1000', 'proteins', 'in', '1905']]
+    """
+
+    def __init__(self, stopwords: Iterable[str], stemmer: str | None, *,
+                 pattern: str = TOKEN_PATTERN, stopwords_name: str = "custom"):
+        self.stopwords = frozenset(stopwords)
+        self.stopwords_name = stopwords_name
+        self.pattern = pattern
+        self._split = re.compile(pattern).findall
+        self.stemmer = stemmer
+        self._stem = None
+        if stemmer == "english":
+            try:
+                import Stemmer
+            except ImportError as e:
+                raise OpenbookError(
+                    "this BM25 index was built with the PyStemmer English stemmer, which is not "
+                    "installed; `pip install PyStemmer`, or rebuild the BM25 with "
+                    "`python -m pipeline.bm25 --index DIR --stemmer none`") from e
+            self._stem = Stemmer.Stemmer("english").stemWords
+        elif stemmer is not None:
+            raise OpenbookError(f"unknown stemmer {stemmer!r}; use english or none")
+        self._cache: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, stopwords: str = "en_plus", stemmer: str = "auto") -> "TermTokenizer":
+        """``stemmer="auto"``: English when PyStemmer is installed, else none (with a warning)."""
+        if stemmer not in STEMMERS:
+            raise OpenbookError(f"--stemmer must be one of {', '.join(STEMMERS)}, got {stemmer!r}")
+        if stemmer == "auto":
+            stemmer = "english" if stemmer_available() else "none"
+            if stemmer == "none":
+                log.warning("PyStemmer is not installed: BM25 terms are not stemmed "
+                            "(`pip install PyStemmer` and rebuild the BM25 for stemming)")
+        return cls(_stopwords(stopwords), None if stemmer == "none" else stemmer,
+                   stopwords_name=stopwords)
+
+    def words(self, text: str) -> list[str]:
+        """Unstemmed terms of ``text``, stop words removed."""
+        if not text.isascii():
+            text = _COMBINING.sub("", unicodedata.normalize("NFKD", text))
+        stop = self.stopwords
+        return [w.replace(",", "") if "," in w else w
+                for w in self._split(text.lower()) if w not in stop]
+
+    def terms(self, texts: Sequence[str]) -> list[list[str]]:
+        """Terms of each text (stemmed when a stemmer is set)."""
+        out = [self.words(t) for t in texts]
+        if self._stem is None:
+            return out
+        cache = self._cache
+        new = list({w for ws in out for w in ws if w not in cache})
+        if new:
+            cache.update(zip(new, self._stem(new)))
+        return [[cache[w] for w in ws] for ws in out]
+
+    def describe(self) -> dict:
+        """What ``tokenizer.json`` holds: enough to tokenise queries the same way."""
+        return {"lower": True, "fold_accents": True, "pattern": self.pattern,
+                "stopwords": self.stopwords_name, "stopword_list": sorted(self.stopwords),
+                "stemmer": self.stemmer}
+
+    @classmethod
+    def from_description(cls, d: dict) -> "TermTokenizer":
+        return cls(d["stopword_list"], d["stemmer"], pattern=d["pattern"],
+                   stopwords_name=d["stopwords"])
+
+
+@dataclass(frozen=True)
+class Bm25Config:
+    """How the BM25 index is built. Recorded in ``meta.json["bm25"]``.
+
+    Args:
+        k1, b: BM25 term-frequency saturation and length normalisation (Lucene's defaults).
+        method: bm25s scoring variant (``lucene``, ``robertson``, ``atire``, ``bm25l``, ``bm25+``).
+        stemmer: ``auto`` (English if PyStemmer is installed), ``english`` or ``none``.
+        stopwords: ``en_plus`` (NLTK's 179 English stop words), ``en`` (Lucene's 33) or ``none``.
+    """
+
+    k1: float = 1.2
+    b: float = 0.75
+    method: str = "lucene"
+    stemmer: str = "auto"
+    stopwords: str = "en_plus"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise OpenbookError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise OpenbookError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+
+
+def has_bm25(meta: dict) -> bool:
+    """Whether an index's ``meta.json`` records a finished BM25 index."""
+    return isinstance(meta.get("bm25"), dict) and bool(meta["bm25"].get("files"))
+
+
+def _tokenize_passages(parquet: Path, tokenizer: TermTokenizer, *, progress: bool,
+                       batch_rows: int = 2048) -> tuple[list[array], dict[str, int], int]:
+    """Stream the passage table -> (term ids per passage, vocab, total terms)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(parquet)
+    vocab: dict[str, int] = {"": 0}  # "" = the empty passage's only term (bm25s convention)
+    docs: list[array] = []
+    n_terms = 0
+    bar = tqdm(total=pf.metadata.num_rows, desc="bm25 tokenise", unit="passage",
+               disable=not progress, dynamic_ncols=True)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["doc_title", "text"]):
+        titles = batch.column("doc_title").to_pylist()
+        texts = batch.column("text").to_pylist()
+        for terms in tokenizer.terms([with_title(t or "", x or "") for t, x in zip(titles, texts)]):
+            ids = array("i", [vocab.setdefault(w, len(vocab)) for w in terms] or [0])
+            n_terms += len(terms)
+            docs.append(ids)
+        bar.update(len(texts))
+    bar.close()
+    return docs, vocab, n_terms
+
+
+def _file_records(index_dir: Path, folder: Path) -> dict:
+    from pipeline.index.store import sha256_file
+
+    return {f"{BM25_DIR}/{p.name}": {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
+             progress: bool = True) -> dict:
+    """Build (or rebuild) the BM25 index of a finished index directory.
+
+    Returns the ``meta.json["bm25"]`` record. The old ``bm25/`` (if any)
+    stays usable until the new one is complete. Holds the index's build lock
+    (``.NAME.lock``), so two builds never write the same directory; a caller
+    in this process that already holds it (``build_index``) keeps it.
+    """
+    from pipeline.index.store import BuildLock
+
+    index = Path(index)
+    lock = BuildLock(index)  # one builder per index directory (build_index or this)
+    if _held_by_this_process(lock.path):
+        return _add_bm25(index, config, progress=progress)
+    lock.acquire()
+    try:
+        return _add_bm25(index, config, progress=progress)
+    finally:
+        lock.release()
+
+
+def _held_by_this_process(lock_path: Path) -> bool:
+    try:
+        return int(lock_path.read_text().strip() or 0) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
+    import bm25s
+
+    from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta, write_json_atomic
+
+    meta = read_meta(index)
+    t0 = time.perf_counter()
+    tokenizer = TermTokenizer.from_config(config.stopwords, config.stemmer)
+    partial = index / f".{BM25_DIR}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        docs, vocab, n_terms = _tokenize_passages(index / PASSAGES_FILE, tokenizer,
+                                                  progress=progress)
+        n = meta["counts"]["passages"]
+        if len(docs) != n:
+            raise IndexMismatchError(f"--index {index}: passages.parquet has {len(docs)} rows but "
+                                     f"meta.json says {n}; rebuild the index")
+        log.info("bm25: %d passages, %d terms, vocabulary %d; scoring (k1=%s b=%s %s)", n,
+                 n_terms, len(vocab), config.k1, config.b, config.method)
+        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
+        model.index((docs, vocab), create_empty_token=False, show_progress=progress)
+        del docs
+        model.save(str(partial), show_progress=False)
+        (partial / TOKENIZER_FILE).write_text(json.dumps(tokenizer.describe(), indent=1) + "\n",
+                                              encoding="utf-8")
+        record = {
+            "dir": BM25_DIR,
+            "params": {"k1": config.k1, "b": config.b, "method": config.method},
+            "tokenizer": {k: v for k, v in tokenizer.describe().items() if k != "stopword_list"}
+            | {"n_stopwords": len(tokenizer.stopwords)},
+            "vocab_size": len(vocab),
+            "num_docs": n,
+            "avg_terms_per_passage": round(n_terms / max(n, 1), 2),
+            "nnz": int(model.scores["data"].shape[0]),
+            "files": _file_records(index, partial),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {"bm25s": bm25s.__version__, "PyStemmer": _pystemmer_version()},
+        }
+        del model
+        # Publish: forget the old BM25 in meta.json, swap the folder, then record the new one.
+        meta = read_meta(index)
+        if meta.pop("bm25", None) is not None:
+            write_json_atomic(index / META_FILE, meta)
+        live, old = index / BM25_DIR, index / f".{BM25_DIR}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if live.exists():
+            os.replace(live, old)
+        os.replace(partial, live)
+        shutil.rmtree(old, ignore_errors=True)
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        meta["bm25"] = record
+        write_json_atomic(index / META_FILE, meta)  # meta.json is not checksummed
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    size = sum(f["bytes"] for f in record["files"].values())
+    log.info("bm25 for %s: %d passages, vocabulary %d, %.1f MB, %.1f s", index, n,
+             len(vocab), size / 1e6, record["seconds"])
+    return record
+
+
+def _pystemmer_version() -> str | None:
+    try:
+        import Stemmer
+    except ImportError:
+        return None
+    return getattr(Stemmer, "__version__", "installed")
+
+
+class Bm25Index:
+    """A loaded (memory-mapped) BM25 index: ``search`` queries -> passage rows."""
+
+    def __init__(self, path: Path, record: dict, model, tokenizer: TermTokenizer):
+        self.path = path
+        self.record = record
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def size(self) -> int:
+        return int(self.model.scores["num_docs"])
+
+    def query_ids(self, queries: Sequence[str]) -> list[list[int]]:
+        """Term ids of each query (unknown terms dropped, order kept)."""
+        vocab = self.model.vocab_dict
+        return [[vocab[t] for t in terms if t in vocab] for terms in self.tokenizer.terms(queries)]
+
+    def search(self, queries: Sequence[str], k: int, *, n_threads: int | None = None,
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows per query in one ``bm25s`` call: ``(scores, rows)``, both ``(n, k)``.
+
+        Row -1 marks "no (more) passages share a term with the query"; a query
+        with no known term gets only -1.
+        """
+        k = min(k, self.size)
+        scores = np.zeros((len(queries), k), dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        ids = self.query_ids(queries)
+        todo = [i for i, q in enumerate(ids) if q]
+        if not todo or k == 0:
+            return scores, rows
+        threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+        res = self.model.retrieve([ids[i] for i in todo], k=k, sorted=True, return_as="tuple",
+                                  show_progress=progress, n_threads=threads)
+        found, sc = np.asarray(res.documents, dtype=np.int64), np.asarray(res.scores, np.float32)
+        found[sc <= 0] = -1
+        rows[todo], scores[todo] = found, np.where(sc > 0, sc, 0)
+        return scores, rows
+
+
+def load_bm25(index: str | Path, meta: dict | None = None, *, verify: str = "size",
+              mmap: bool = True) -> Bm25Index:
+    """Open ``index/bm25/`` (memory-mapped) after checking it against ``meta.json``.
+
+    Raises :class:`Bm25MissingError` when the index has none.
+    """
+    import bm25s
+
+    from pipeline.index.store import read_meta, sha256_file
+
+    index = Path(index)
+    meta = meta if meta is not None else read_meta(index)
+    if not has_bm25(meta):
+        raise Bm25MissingError(missing_message(index))
+    rec = meta["bm25"]
+    for name, f in rec["files"].items():
+        p = index / name
+        if not p.exists():
+            raise OpenbookError(f"--index {index}: {name} is missing; rebuild the BM25 with "
+                                f"`python -m pipeline.bm25 --index {index}`")
+        if verify in ("size", "full") and p.stat().st_size != f["bytes"]:
+            raise OpenbookError(f"--index {index}: {name} has {p.stat().st_size} bytes, meta.json "
+                                f"says {f['bytes']}; rebuild the BM25 with "
+                                f"`python -m pipeline.bm25 --index {index}`")
+        if verify == "full" and sha256_file(p) != f["sha256"]:
+            raise OpenbookError(f"--index {index}: {name} fails its sha256 check; rebuild the BM25 "
+                                f"with `python -m pipeline.bm25 --index {index}`")
+    folder = index / rec.get("dir", BM25_DIR)
+    tokenizer = TermTokenizer.from_description(
+        json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8")))
+    model = bm25s.BM25.load(str(folder), mmap=mmap, load_corpus=False, show_progress=False)
+    n = meta["counts"]["passages"]
+    if int(model.scores["num_docs"]) != n:
+        raise IndexMismatchError(
+            f"--index {index}: the BM25 index covers {model.scores['num_docs']} passages but the "
+            f"index has {n}; rebuild it with `python -m pipeline.bm25 --index {index}`")
+    log.info("bm25 %s: %d passages, vocabulary %d, stemmer %s", folder, n, len(model.vocab_dict),
+             tokenizer.stemmer)
+    return Bm25Index(folder, rec, model, tokenizer)
+
+
+def bm25_for(store) -> Bm25Index:
+    """The BM25 index of a loaded :class:`~pipeline.index.store.IndexStore`, loaded once and cached on it."""
+    cached = getattr(store, "_bm25", None)
+    if cached is None:
+        cached = load_bm25(store.path, store.meta)
+        store._bm25 = cached
+    return cached

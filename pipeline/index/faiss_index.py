@@ -1,0 +1,176 @@
+"""Choosing, training and searching the FAISS index.
+
+``flat`` is exact inner-product search (vectors are normalised, so it is
+cosine). ``ivfpq`` is an inverted file with product quantisation, trained on
+a sample: ~``m`` bytes per vector instead of ``4 * dim`` (``np``: no polysemous
+training, which we never search with and which made training ~25x slower). ``auto`` picks flat
+up to :data:`AUTO_FLAT_MAX` passages, IVF-PQ above.
+
+Example::
+
+    >>> spec = choose_index(n=2_000_000, dim=384, index_type="auto")
+    >>> spec.type, spec.factory
+    ('ivfpq', 'IVF4096,PQ48np')
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.errors import OpenbookError
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPES = ("auto", "flat", "ivfpq")
+#: ``auto`` keeps exact search up to this many passages (~0.75 GB at 384-d).
+AUTO_FLAT_MAX = 500_000
+#: IVF-PQ needs enough vectors to train its codebooks.
+IVFPQ_MIN = 1_000
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The index's type and parameters, recorded in ``meta.json``."""
+
+    type: str
+    factory: str
+    nlist: int | None = None
+    m: int | None = None
+    nbits: int | None = None
+    nprobe: int | None = None
+    train_size: int | None = None
+    opq: int | None = None  # OPQ output size when the factory starts with OPQ
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def bytes_per_vector(self, dim: int) -> int:
+        return 4 * dim if self.type == "flat" else (self.m or 0) * (self.nbits or 8) // 8 + 8
+
+
+def _pq_m(dim: int) -> int:
+    """Sub-quantisers: one byte per 8 dimensions, a divisor of ``dim``."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def choose_index(n: int, dim: int, index_type: str = "auto", *, nlist: int | None = None,
+                 nprobe: int | None = None) -> IndexSpec:
+    """Pick the index for ``n`` vectors of ``dim`` dimensions."""
+    if index_type not in INDEX_TYPES:
+        raise OpenbookError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if index_type == "auto":
+        index_type = "flat" if n <= AUTO_FLAT_MAX else "ivfpq"
+    if index_type == "flat":
+        return IndexSpec(type="flat", factory="Flat")
+    if n < IVFPQ_MIN:
+        raise OpenbookError(
+            f"--index-type ivfpq needs at least {IVFPQ_MIN} passages to train, this corpus has {n}; "
+            "use --index-type flat (exact, and small enough here)")
+    if nlist is None:
+        # ~4*sqrt(n) lists, a power of two, with >= 39 training points per list.
+        nlist = 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+        nlist = max(1, min(nlist, n // 39))
+    m = _pq_m(dim)
+    train_size = int(min(n, max(256 * nlist, 100_000)))
+    nprobe = nprobe or min(nlist, max(8, nlist // 64))
+    return IndexSpec(type="ivfpq", factory=f"IVF{nlist},PQ{m}np", nlist=nlist, m=m, nbits=8,
+                     nprobe=nprobe, train_size=train_size)
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def make_index(spec: IndexSpec, dim: int):
+    """An empty (untrained) inner-product index for ``spec``."""
+    import faiss
+
+    return faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def train(index, sample: np.ndarray) -> None:
+    """Train ``index`` on ``sample`` (on GPU when faiss has one)."""
+    if index.is_trained:
+        return
+    import faiss
+
+    log.info("training %s on %d vectors", type(index).__name__, len(sample))
+    if gpu_count() > 0:
+        ivf = faiss.extract_index_ivf(index)
+        clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        ivf.clustering_index = clustering_index
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def set_nprobe(index, nprobe: int | None) -> None:
+    """Set IVF search breadth (ignored for flat indexes)."""
+    if nprobe is None:
+        return
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+    except RuntimeError:
+        pass  # not an IVF index: nothing to set
+
+
+def _flat_header(dim: int, n: int) -> bytes:
+    """The bytes faiss writes before the vectors of an ``IndexFlatIP`` of ``n`` ``dim``-d vectors."""
+    import struct
+
+    import faiss
+
+    empty = faiss.serialize_index(faiss.IndexFlatIP(dim)).tobytes()
+    # fourcc(4) d(4) ntotal(8) dummy(8) dummy(8) is_trained(1) metric(4) | n_floats(8) floats...
+    head = bytearray(empty[:-8])
+    head[8:16] = struct.pack("<q", n)
+    return bytes(head) + struct.pack("<Q", n * dim)
+
+
+def write_flat_streaming(f, dim: int, n: int, blocks) -> None:
+    """Write an exact ``IndexFlatIP`` file of ``n`` vectors from ``blocks`` of float32 rows,
+    without ever holding the index in memory (the file is what ``faiss.write_index`` writes)."""
+    f.write(_flat_header(dim, n))
+    seen = 0
+    for b in blocks:
+        f.write(np.ascontiguousarray(b, dtype=np.float32).tobytes())
+        seen += len(b)
+    if seen != n:
+        raise ValueError(f"write_flat_streaming: {seen} vectors written, {n} announced")
+
+
+def build_from_blocks(spec: IndexSpec, dim: int, sample: np.ndarray | None, blocks,
+                      progress=None):
+    """Train ``spec`` on ``sample`` (IVF only) and add ``blocks`` of vectors in order.
+
+    ``progress``: called with the number of vectors added after each block.
+    """
+    index = make_index(spec, dim)
+    if not index.is_trained:
+        train(index, sample)
+    for b in blocks:
+        index.add(np.ascontiguousarray(b, dtype=np.float32))
+        if progress is not None:
+            progress(len(b))
+    set_nprobe(index, spec.nprobe)
+    return index
+
+
+def for_search(index):
+    """The index moved to the GPUs when faiss has them, else as it is."""
+    if gpu_count() == 0:
+        return index
+    import faiss
+
+    return faiss.index_cpu_to_all_gpus(index)

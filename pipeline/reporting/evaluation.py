@@ -1,0 +1,429 @@
+"""Evaluate a scorer on labelled questions: metrics, a per-question table, plots, one report folder.
+
+The library behind ``python -m pipeline.evaluate``. It answers the questions
+with the very building blocks of :func:`pipeline.answering.predictor.predict` (same
+retrieval settings, including a reader's saved ones; same
+:func:`~pipeline.answering.predictor.score_options`), so its headline MAP@3 is the one
+``predict`` prints on the same input. On top of that it measures:
+
+* **MAP@3 vs number of contexts**: retrieval runs once with the largest k; the
+  scorer then sees the first k passages, for k on :data:`CONTEXT_STEPS` (up to
+  ``max_contexts``) plus the headline ``top_k``.
+* **score margins** (top score minus the second) of right and wrong top-1 answers.
+* **recall@k of the source passage** per retriever (dense; bm25 and hybrid when
+  the index has BM25), when the questions say where they come from (see
+  :func:`source_rule`).
+
+Output (``out``, written into a temp folder beside it, renamed into place when
+complete; an existing non-empty folder is only replaced with ``overwrite``)::
+
+    report.md  metrics.json  per_question.csv  *.png
+
+Example::
+
+    >>> res = evaluate(EvaluateConfig(questions="data/sample_questions.csv",
+    ...                               index="index/demo", out="/tmp/eval_demo"))  # doctest: +SKIP
+    >>> res.map3, res.out / "report.md"                                          # doctest: +SKIP
+    (0.93, PosixPath('/tmp/eval_demo/report.md'))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.answering.predictor import PredictConfig, open_embedder, reader_retrieval, score_options
+from pipeline.errors import OpenbookError
+from pipeline.retrieval.focus import focus_contexts
+from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, rank_letters
+from pipeline.questions import LETTERS, Question, load_questions
+from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
+from pipeline.index.store import load_index
+
+log = logging.getLogger(__name__)
+
+#: Numbers of contexts tried for the MAP@3-vs-contexts curve (those <= ``max_contexts``).
+CONTEXT_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
+#: Source-passage matching: word 3-gram overlap over the smaller text's 3-grams.
+SHINGLE = 3
+MATCH_THRESHOLD = 0.5
+
+
+def source_rule() -> str:
+    """How a retrieved passage is recognised as a question's source (also written in reports)."""
+    return (f"a passage is the question's source if its document id (the part of the passage id "
+            f"before ':') or passage id equals the `source_id` cell, or its title equals the "
+            f"`source_title` cell (case and spacing ignored), or at least {MATCH_THRESHOLD:.0%} of "
+            f"the word {SHINGLE}-grams of the shorter of (passage text, `context` cell) occur in "
+            f"the other (lower-cased words), so every chunk of a gold passage that was split "
+            f"while indexing counts, and so does a chunk that holds a short gold passage")
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything ``evaluate`` needs. Recorded in ``metrics.json``."""
+
+    questions: str
+    index: str
+    out: str
+    readers: list[str] = field(default_factory=list)
+    embedder: str | None = None
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    max_contexts: int = 10
+    recall_k: tuple[int, ...] = (1, 3, 5, 10, 20)
+    limit: int | None = None
+    plots: bool = True
+    max_length: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+    verify_index: str = "size"
+
+    def __post_init__(self) -> None:
+        if self.max_contexts < 0:
+            raise OpenbookError(f"--max-contexts must be >= 0, got {self.max_contexts}")
+        if not self.recall_k or any(k < 1 for k in self.recall_k):
+            raise OpenbookError(f"--recall-k must list positive integers, got {self.recall_k}")
+        if self.limit is not None and self.limit < 1:
+            raise OpenbookError(f"--limit must be >= 1, got {self.limit}")
+
+    def predict_config(self) -> PredictConfig:
+        """The :class:`PredictConfig` that ``predict`` would get with the same flags."""
+        return PredictConfig(questions=self.questions, index=self.index, readers=list(self.readers),
+                             embedder=self.embedder, retrieval=self.retrieval,
+                             max_length=self.max_length, batch_size=self.batch_size,
+                             device=self.device, progress=self.progress,
+                             verify_index=self.verify_index)
+
+
+@dataclass
+class EvaluateResult:
+    """What ``evaluate`` measured; ``metrics`` is what ``metrics.json`` holds."""
+
+    out: Path
+    map3: float
+    accuracy: float
+    n: int
+    scorer: str
+    metrics: dict
+    files: list[str]
+
+
+# ---------------------------------------------------------------- source passages
+
+@dataclass(frozen=True)
+class Source:
+    """What is known about one question's source passage (any of the three)."""
+
+    shingles: frozenset | None = None  # of the `context` cell
+    title: str | None = None
+    doc_id: str | None = None
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def shingles(text: str, n: int = SHINGLE) -> frozenset:
+    """Word n-grams of ``text`` (single words if it has fewer than ``n``).
+
+    >>> sorted(shingles("The cat sat on it"))[:2]
+    [('cat', 'sat', 'on'), ('sat', 'on', 'it')]
+    """
+    w = _words(text)
+    if len(w) < n:
+        return frozenset((x,) for x in w)
+    return frozenset(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+
+
+def _norm_title(t: str) -> str:
+    return " ".join(t.split()).casefold()
+
+
+def is_source(passage_id: str, title: str, text: str, src: Source) -> bool:
+    """True if the passage is ``src`` by :func:`source_rule`.
+
+    >>> s = Source(shingles=shingles("Water boils at 100 degrees at sea level."))
+    >>> is_source("d1:3", "Water", "Water boils at 100 degrees at sea level. Ice melts at 0.", s)
+    True
+    >>> is_source("d9:0", "Iron", "Iron is a metal.", s)
+    False
+    """
+    if src.doc_id is not None and src.doc_id in (passage_id, passage_id.rsplit(":", 1)[0]):
+        return True
+    if src.title is not None and _norm_title(title) == src.title:
+        return True
+    if src.shingles:
+        p = shingles(text)
+        if p and len(p & src.shingles) >= MATCH_THRESHOLD * min(len(p), len(src.shingles)):
+            return True
+    return False
+
+
+def source_rank(ctx: Contexts, src: Source | None) -> int | None:
+    """1-based rank of the first source passage in ``ctx``, ``None`` if absent or unknown."""
+    if src is None:
+        return None
+    for r, (pid, title, text) in enumerate(zip(ctx.passage_ids, ctx.titles, ctx.texts), start=1):
+        if is_source(pid, title, text, src):
+            return r
+    return None
+
+
+def load_sources(path: str | Path, questions: Sequence[Question]) -> list[Source | None]:
+    """Per question its :class:`Source` from the ``context``, ``source_title`` and ``source_id``
+    columns (``None`` where all are empty). The file was already validated by
+    :func:`~pipeline.questions.load_questions`; only the two extra columns are read here."""
+    extra: dict[str, dict[str, str]] = {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        cols = {c: header.index(c) for c in ("source_title", "source_id") if c in header}
+        if cols:
+            for cells in reader:
+                if len(cells) == len(header):
+                    extra[cells[header.index("id")]] = {c: cells[i].strip() for c, i in cols.items()}
+    out: list[Source | None] = []
+    for q in questions:
+        e = extra.get(q.id, {})
+        src = Source(shingles=shingles(q.context) if q.context else None,
+                     title=_norm_title(e["source_title"]) if e.get("source_title") else None,
+                     doc_id=e.get("source_id") or None)
+        out.append(src if (src.shingles or src.title or src.doc_id) else None)
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+def first_k(ctx: Contexts, k: int) -> Contexts:
+    """The first ``k`` passages of ``ctx`` (what ``retrieve`` with ``top_k=k`` gives, when the
+    candidate lists were the same)."""
+    return Contexts(rows=ctx.rows[:k], passage_ids=ctx.passage_ids[:k], titles=ctx.titles[:k],
+                    texts=ctx.texts[:k], scores=ctx.scores[:k])
+
+
+def first_k_all(questions, contexts: Sequence[Contexts], k: int, retrieval: RetrievalConfig,
+                embedder) -> list[Contexts]:
+    """:func:`first_k` of each question's contexts, focused as ``retrieval`` says."""
+    out = [first_k(c, k) for c in contexts]
+    if retrieval.focus == "sentences":
+        focus_contexts(questions, out, embedder)
+    return out
+
+
+def context_steps(top_k: int, max_contexts: int) -> list[int]:
+    """The k's of the MAP@3-vs-contexts curve: :data:`CONTEXT_STEPS` up to ``max_contexts``,
+    plus ``top_k``.
+
+    >>> context_steps(5, 10), context_steps(4, 3), context_steps(5, 0)
+    ([1, 2, 3, 5, 8, 10], [1, 2, 3, 4], [5])
+    """
+    return sorted({top_k, *(k for k in CONTEXT_STEPS if k <= max_contexts)})
+
+
+def margins(scores: np.ndarray) -> np.ndarray:
+    """Top score minus the second, per row of ``(n, 5)`` scores -> ``(n,)``."""
+    s = np.sort(np.asarray(scores, dtype=np.float64), axis=1)
+    return s[:, -1] - s[:, -2]
+
+
+def _rounded(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty ``--out`` without ``overwrite``, and a file; before any work."""
+    if out.exists() and not out.is_dir():
+        raise OpenbookError(f"--out {out} is a file; give a folder for the report, e.g. "
+                            f"{out.with_suffix('')}_report")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OpenbookError(f"--out {out} already holds files; pass --overwrite to replace the "
+                            "folder (the old one stays until the new report is complete), or "
+                            "choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OpenbookError(f"--out {out}: cannot create {out.parent} ({e.strerror}); "
+                            "choose another --out") from e
+    if not os.access(out.parent, os.W_OK):
+        raise OpenbookError(f"--out {out}: folder {out.parent} is not writable; choose another --out")
+
+
+def publish_dir(partial: Path, out: Path) -> None:
+    """Rename the complete ``partial`` folder to ``out``; an old ``out`` is removed only after."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the run
+
+def _retrieve_wide(questions, store, embedder, retrieval: RetrievalConfig, k_max: int,
+                   progress: bool) -> tuple[list[Contexts], list[Contexts]]:
+    """``(headline contexts, contexts with k_max passages)`` with one retrieval when possible:
+    the wide search keeps the headline's candidate lists, so its first ``top_k`` passages are
+    exactly what ``predict`` retrieves."""
+    if k_max <= retrieval.top_k:
+        ctx = retrieve(questions, store, embedder, retrieval, progress=progress)
+        return ctx, ctx
+    # the wide contexts are cut to each k of the curve, then focused (if asked) at that k
+    wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch, focus="none")
+    wide_ctx = retrieve(questions, store, embedder, wide, progress=progress)
+    if wide.fetch == retrieval.fetch:
+        return first_k_all(questions, wide_ctx, retrieval.top_k, retrieval, embedder), wide_ctx
+    return retrieve(questions, store, embedder, retrieval, progress=progress), wide_ctx
+
+
+def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps,
+                   retrieval: RetrievalConfig, headline: tuple[float, float]) -> list[dict]:
+    """MAP@3 and accuracy@1 for each k in ``steps``, all k's scored in one call."""
+    answers = [q.answer for q in questions]
+    others = [k for k in steps if k != retrieval.top_k]
+    curve = {retrieval.top_k: headline}
+    if others:
+        log.info("scoring with %s contexts for the MAP@3-vs-contexts curve", others)
+        qs = [q for _ in others for q in questions]
+        ctx = [c for k in others
+               for c in first_k_all(questions, wide_ctx, k, retrieval, embedder)]
+        scores, _, _ = score_options(pcfg, qs, ctx, embedder)
+        n = len(questions)
+        for i, k in enumerate(others):
+            r = rank_letters(scores[i * n:(i + 1) * n])
+            curve[k] = (map_at_3(r, answers), accuracy_at_1(r, answers))
+    return [{"k": k, "map@3": _rounded(m), "accuracy@1": _rounded(a)}
+            for k, (m, a) in sorted(curve.items())]
+
+
+def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
+            ks: Sequence[int], progress: bool) -> tuple[dict, dict[str, list[int | None]]]:
+    """``({retriever: {"n", "recall@k": {k: r}}}, {retriever: source rank per question})``."""
+    from pipeline.index.bm25 import has_bm25
+
+    retrievers = ["dense"] + (["bm25", "hybrid"] if has_bm25(store.meta) else [])
+    known = [i for i, s in enumerate(sources) if s is not None]
+    qs = [questions[i] for i in known]
+    table, ranks = {}, {}
+    for name in retrievers:
+        cfg = replace(retrieval, retriever=name, top_k=max(ks), fetch_k=None, focus="none")
+        ctx = retrieve(qs, store, embedder if name != "bm25" else None, cfg, progress=progress)
+        found = [source_rank(c, sources[i]) for c, i in zip(ctx, known)]
+        table[name] = {"n": len(known), "recall@k": {
+            str(k): _rounded(sum(r is not None and r <= k for r in found) / len(known))
+            for k in ks}}
+        per_q: list[int | None] = [None] * len(questions)
+        for i, r in zip(known, found):
+            per_q[i] = r
+        ranks[name] = per_q
+    return table, ranks
+
+
+def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    """Score ``cfg.questions`` like ``predict`` and write the report folder ``cfg.out``."""
+    from pipeline.reporting import plots
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.overwrite)
+    questions = load_questions(cfg.questions, require_answer=True)
+    if cfg.limit is not None:
+        questions = questions[:cfg.limit]
+    sources = load_sources(cfg.questions, questions)
+    answers = [q.answer for q in questions]
+    log.info("evaluating %d questions from %s", len(questions), cfg.questions)
+
+    pcfg = cfg.predict_config()
+    store = load_index(cfg.index, verify=cfg.verify_index)
+    retrieval = reader_retrieval(pcfg).resolved(store.meta, cfg.index)
+    embedder = open_embedder(store, cfg.embedder, cfg.device)
+    steps = context_steps(retrieval.top_k, cfg.max_contexts)
+    contexts, wide_ctx = _retrieve_wide(questions, store, embedder, retrieval, max(steps),
+                                        cfg.progress)
+    scores, scorer, described = score_options(pcfg, questions, contexts, embedder)
+    rankings = rank_letters(scores)
+    map3, acc = map_at_3(rankings, answers), accuracy_at_1(rankings, answers)
+    seconds_headline = time.perf_counter() - t0
+    curve = _context_curve(pcfg, questions, wide_ctx, embedder, steps, retrieval, (map3, acc))
+
+    recall, ranks = None, {}
+    if any(s is not None for s in sources):
+        recall, ranks = _recall(questions, sources, store, embedder, retrieval, cfg.recall_k,
+                                cfg.progress)
+    else:
+        log.info("no context, source_title or source_id column in %s: no recall@k", cfg.questions)
+
+    marg = margins(scores)
+    correct = np.array([r[0] == a for r, a in zip(rankings, answers)])
+    src_rank = ranks.get(retrieval.retriever)
+    rows = []
+    for i, (q, r, sc, c) in enumerate(zip(questions, rankings, scores, contexts)):
+        row = {"id": q.id, "answer": q.answer, "ranking": "".join(r),
+               "correct@1": int(correct[i]), "ap@3": round(average_precision_at_3(r, q.answer), 4),
+               "margin": round(float(marg[i]), 5)}
+        row.update({f"score_{L}": round(float(s), 5) for L, s in zip(LETTERS, sc)})
+        row["passage_ids"] = " ".join(c.passage_ids)
+        row["source_known"] = int(sources[i] is not None)
+        row["source_rank"] = "" if src_rank is None or src_rank[i] is None else src_rank[i]
+        rows.append(row)
+
+    config = asdict(cfg)
+    config["retrieval"] = cfg.retrieval.to_dict()
+    metrics = {
+        "questions": str(cfg.questions), "index": str(cfg.index), "n": len(questions),
+        "map@3": _rounded(map3), "accuracy@1": _rounded(acc),
+        "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
+        "retrieval": retrieval.to_dict(), "embedder": embedder.name,
+        "map@3_vs_contexts": curve,
+        "margin": {"right_median": _rounded(np.median(marg[correct])) if correct.any() else None,
+                   "wrong_median": _rounded(np.median(marg[~correct])) if (~correct).any() else None},
+        "recall": recall, "source_rule": source_rule() if recall else None,
+        "seconds_headline": round(seconds_headline, 2),
+        "config": config,
+    }
+
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        images = {}
+        if cfg.plots:
+            images = plots.write_all(partial, curve=curve, top_k=retrieval.top_k, margins=marg,
+                                     correct=correct, recall=recall, scorer=scorer)
+        metrics["seconds"] = round(time.perf_counter() - t0, 2)
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False)
+                                              + "\n", encoding="utf-8")
+        (partial / "per_question.csv").write_text(_csv(rows), encoding="utf-8")
+        (partial / "report.md").write_text(plots.report_markdown(metrics, images), encoding="utf-8")
+        files = sorted(p.name for p in partial.iterdir())
+        publish_dir(partial, out)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise OpenbookError(f"--out {out}: cannot write the report ({e.strerror or e}); free some "
+                            "disk space or choose another --out. Nothing was replaced") from e
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("wrote %s (%s) in %.1f s", out, ", ".join(files), metrics["seconds"])
+    return EvaluateResult(out=out, map3=map3, accuracy=acc, n=len(questions), scorer=scorer,
+                          metrics=metrics, files=files)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
