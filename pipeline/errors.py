@@ -49,3 +49,7 @@ class IndexMismatchError(OpenbookError):
 
 class CorpusError(OpenbookError):
     """A corpus file cannot be read (missing, wrong format, missing columns)."""
+
+
+class EmbedderError(OpenbookError):
+    """The embedder cannot be found or loaded."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -96,3 +97,66 @@ def demo_summaries() -> dict:
     from pipeline.corpus.readers import demo_corpus_path
 
     return json.loads(demo_corpus_path().read_text(encoding="utf-8"))
+
+
+# ---- a tiny real-text corpus and index shared by the CLI, training and evaluation tests
+SAMPLE = REPO / "data" / "sample_questions.csv"
+#: Sample questions whose source article goes into the tiny corpus.
+EASY_IDS = ("2", "10", "15", "24", "32")
+
+
+def _sample_rows() -> list[dict]:
+    with open(SAMPLE, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, demo_summaries) -> Path:
+    """~40 real summaries as jsonl: the sources of EASY_IDS plus distractors."""
+    rows = {r["id"]: r for r in _sample_rows()}
+    titles = [rows[i]["source_title"] for i in EASY_IDS]
+    others = [t for t in sorted(demo_summaries) if t not in titles][::250][:35]
+    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for k, t in enumerate(titles + others):
+            f.write(json.dumps({"id": f"doc{k}", "title": t,
+                                "text": demo_summaries[t]["extract"]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, tiny_corpus) -> Path:
+    out = tmp_path_factory.mktemp("idx") / "tiny"
+    res = run_cli("build_index", "--corpus", tiny_corpus, "--out", out, "--chunk-size", "96",
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "passages" in res.stdout
+    return out
+
+
+@pytest.fixture()
+def easy_questions(tmp_path) -> Path:
+    rows = [r for r in _sample_rows() if r["id"] in EASY_IDS]
+    path = tmp_path / "easy.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _tiny_reader(kind: str, folder: Path, minilm_path: str) -> Path:
+    """A tiny random multiple-choice model saved with the MiniLM tokenizer."""
+    from transformers import (AutoModelForMultipleChoice, AutoTokenizer, DebertaV2Config,
+                              LongformerConfig)
+
+    common = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64)
+    if kind == "deberta-v2":
+        config = DebertaV2Config(max_position_embeddings=512, **common)
+    else:
+        config = LongformerConfig(max_position_embeddings=514, attention_window=[8, 8],
+                                  pad_token_id=0, type_vocab_size=1, **common)
+    AutoModelForMultipleChoice.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return folder

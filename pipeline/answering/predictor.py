@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from pipeline.index.embedding import Embedder, resolve_model
 from pipeline.errors import IndexMismatchError, OpenbookError
+from pipeline.fileio import check_parent_writable, write_files_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from pipeline.questions import LETTERS, Question, has_answers, load_questions
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
@@ -85,54 +85,7 @@ def check_writable(path: Path, overwrite: bool, flag: str = "--out") -> None:
     if path.exists() and not overwrite:
         raise OpenbookError(f"{flag} {path} already exists; pass --overwrite to replace it, "
                             f"or choose another {flag}")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OpenbookError(f"{flag} {path}: cannot create folder {parent} ({e.strerror}); "
-                            f"choose another {flag}") from e
-    if not os.access(parent, os.W_OK):
-        raise OpenbookError(f"{flag} {path}: folder {parent} is not writable; choose another {flag}")
-
-
-def _write_error(path: Path, flag: str, e: OSError) -> OpenbookError:
-    return OpenbookError(
-        f"{flag} {path}: cannot write it ({e.strerror or e}); free some disk space or choose "
-        f"another {flag}. Nothing was replaced: the previous file, if any, is untouched")
-
-
-def write_files_atomic(files: Sequence[tuple[Path, str, str]]) -> None:
-    """Write ``(path, text, flag)`` files all or none: each goes to a temp file in its own
-    folder first, and only when every one is written are they renamed into place. On a
-    failure (disk full ...) the temp files are removed and the old files stay as they were."""
-    done: list[tuple[Path, Path]] = []
-    try:
-        for path, text, flag in files:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            done.append((tmp, path))
-            try:
-                with open(tmp, "w", encoding="utf-8", newline="") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise _write_error(path, flag, e) from e
-        for (tmp, path), (_, _, flag) in zip(done, files):
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise _write_error(path, flag, e) from e
-    finally:
-        for tmp, _ in done:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-
-
-def write_text_atomic(path: Path, text: str, flag: str = "--out") -> None:
-    """Write to a temp file in the same folder, then rename: never a half file."""
-    write_files_atomic([(Path(path), text, flag)])
+    check_parent_writable(path, flag)
 
 
 def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str:

@@ -22,6 +22,7 @@ import bz2
 import csv
 import gzip
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 from xml.etree.ElementTree import ParseError
+
+from tqdm.auto import tqdm
 
 from pipeline.errors import CorpusError
 from pipeline.corpus.wikitext import clean_wikitext
@@ -173,6 +176,19 @@ def iter_documents(path: str | os.PathLike[str] | None, fmt: str | None = None, 
         else:
             source = _read_csv(file, title_column, text_column, id_column, stats)
     return _limited(source, limit, stats)
+
+
+def skip_documents(docs: Iterable[Document], done: int, *, progress: bool = True) -> Iterator[Document]:
+    """Skip the first ``done`` documents of ``docs`` (a resumed build already holds them:
+    they are read, not embedded) and return the rest."""
+    it = iter(docs)
+    if not done:
+        return it
+    logger.info("resuming: skipping the %d documents already embedded", done)
+    for _ in tqdm(itertools.islice(it, done), total=done, desc="skip", unit="doc",
+                  disable=not progress, dynamic_ncols=True):
+        pass
+    return it
 
 
 def _resolve(path: str | os.PathLike[str] | None, fmt: str | None) -> tuple[str, Path | None]:

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 from pipeline.index.chunking import with_title
 from pipeline.errors import IndexMismatchError, OpenbookError
+from pipeline.fileio import publish_dir, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,6 @@ def _tokenize_passages(parquet: Path, tokenizer: TermTokenizer, *, progress: boo
 
 
 def _file_records(index_dir: Path, folder: Path) -> dict:
-    from pipeline.index.store import sha256_file
-
     return {f"{BM25_DIR}/{p.name}": {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -276,7 +275,7 @@ def _held_by_this_process(lock_path: Path) -> bool:
 def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
     import bm25s
 
-    from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta, write_json_atomic
+    from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta
 
     meta = read_meta(index)
     t0 = time.perf_counter()
@@ -317,13 +316,7 @@ def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
         meta = read_meta(index)
         if meta.pop("bm25", None) is not None:
             write_json_atomic(index / META_FILE, meta)
-        live, old = index / BM25_DIR, index / f".{BM25_DIR}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if live.exists():
-            os.replace(live, old)
-        os.replace(partial, live)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(partial, index / BM25_DIR)
         record["seconds"] = round(time.perf_counter() - t0, 2)
         meta["bm25"] = record
         write_json_atomic(index / META_FILE, meta)  # meta.json is not checksummed
@@ -393,7 +386,7 @@ def load_bm25(index: str | Path, meta: dict | None = None, *, verify: str = "siz
     """
     import bm25s
 
-    from pipeline.index.store import read_meta, sha256_file
+    from pipeline.index.store import read_meta
 
     index = Path(index)
     meta = meta if meta is not None else read_meta(index)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,13 +32,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipeline.index.chunking import ChunkConfig, Chunker
-from pipeline.corpus.readers import CorpusStats, iter_documents
+from pipeline.corpus.readers import CorpusStats, iter_documents, skip_documents
 from pipeline.index.embedding import DEFAULT_EMBEDDER, Embedder
 from pipeline.errors import OpenbookError
 from pipeline.index.faiss_index import choose_index
 from pipeline.index.sizing import choose_by_budget, estimate, human, parse_size
 from pipeline.index.shards import ShardSet
-from pipeline.index.store import META_FILE, BuildLock, IndexWriter, check_output_dir, write_json_atomic
+from pipeline.index.store import META_FILE, BuildLock, IndexWriter, check_output_dir
+from pipeline.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -294,23 +294,11 @@ class KeptShardsError(OpenbookError):
     """The build stopped after embedding; its shards are kept for a rerun."""
 
 
-def skip_done(cfg: BuildConfig, docs, done: int):
-    """Skip the ``done`` documents a resumed build already holds (they are read, not embedded)."""
-    if not done:
-        return docs
-    log.info("resuming: skipping the %d documents already embedded", done)
-    it = iter(docs)
-    for _ in tqdm(itertools.islice(it, done), total=done, desc="skip", unit="doc",
-                  disable=not cfg.progress, dynamic_ncols=True):
-        pass
-    return it
-
-
 def _embed_shards(cfg: BuildConfig, docs, embedder, writer: IndexWriter) -> tuple[int, float]:
     """Read -> chunk -> embed -> write shards, one shard in memory. Returns (documents, seconds)."""
     chunker = Chunker(embedder.tokenizer, cfg.chunk)
     n_docs = writer.documents
-    docs = skip_done(cfg, docs, n_docs)
+    docs = skip_documents(docs, n_docs, progress=cfg.progress)
     embed_seconds = 0.0
     on = dict(disable=not cfg.progress, dynamic_ncols=True)
     read_bar = tqdm(desc="read", unit="doc", position=0, **on)

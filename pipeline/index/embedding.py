@@ -31,7 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.errors import OpenbookError
+from pipeline.device import pick_device
+from pipeline.errors import EmbedderError
+from pipeline.index.export import Runner, ensure_exported, require
+from pipeline.paths import models_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,6 @@ ALIASES = {
     "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
     "sentence-transformers/all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
 }
-
-
-class EmbedderError(OpenbookError):
-    """The embedder cannot be found or loaded."""
-
-
-def models_dir() -> Path:
-    """Where ``python -m pipeline.models fetch`` puts model folders (``$OPENBOOK_MODELS`` or ``./models``)."""
-    return Path(os.environ.get("OPENBOOK_MODELS", "models"))
 
 
 def _offline_folder(canonical: str) -> Path | None:
@@ -85,15 +79,6 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
     if folder is not None:
         return canonical, str(folder)
     return canonical, canonical
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when torch sees a GPU, else ``cpu``."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 #: ``--backend`` choices: torch (GPU or CPU), onnx / openvino (CPU, exported once, offline).
@@ -176,8 +161,6 @@ class Embedder:
         self.max_seq_length = int(self.model.max_seq_length)
         self.runner = None
         if self.backend != "torch":
-            from pipeline.index.export import Runner, ensure_exported
-
             onnx_file = ensure_exported(self.model, self.path, self.name, self.quantize)
             self.runner = Runner(onnx_file, self.backend, self.threads)
         log.info("embedder %s (%s) dim=%d max_seq_length=%d on %s, backend %s%s", self.name,
@@ -197,8 +180,6 @@ class Embedder:
         if not self.device.startswith("cpu"):
             raise EmbedderError(f"--backend {self.backend} runs on the CPU only; use --device cpu, "
                                 "or --backend torch on the GPU (fp16 there)")
-        from pipeline.index.export import require
-
         require(self.backend, self.quantize)
 
     @property

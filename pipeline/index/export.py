@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.index.embedding import EmbedderError, models_dir
+from pipeline.paths import models_dir
+from pipeline.errors import EmbedderError
 
 log = logging.getLogger(__name__)
 

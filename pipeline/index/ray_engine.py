@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.corpus.readers import skip_documents
 from pipeline.errors import OpenbookError
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ class ShardEmbedder:
 
 def embed_shards_ray(cfg, docs, embedder, writer) -> tuple[int, float]:
     """The Ray counterpart of ``pipeline.index.build._embed_shards``: returns (documents, seconds)."""
-    from pipeline.index.build import skip_done
-
     ray = connect(cfg.ray_address)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -105,7 +104,7 @@ def embed_shards_ray(cfg, docs, embedder, writer) -> tuple[int, float]:
              "GPU" if gpus else "CPU", docs_per_shard, window)
     shards = writer.shards
     n_docs = writer.documents
-    docs = iter(skip_done(cfg, docs, n_docs))
+    docs = iter(skip_documents(docs, n_docs, progress=cfg.progress))
     bar = tqdm(desc="embed (ray)", unit="passage", initial=writer.count,
                disable=not cfg.progress, dynamic_ncols=True)
     t0 = time.perf_counter()

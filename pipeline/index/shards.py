@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import OpenbookError
+from pipeline.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ class ShardSet:
         return s
 
     def _checkpoint(self) -> None:
-        from pipeline.index.store import write_json_atomic  # store imports this module
-
         write_json_atomic(self.partial / CHECKPOINT_FILE, {
             "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "dim": self.dim,
             "shards": self.shards, "documents": self.documents, "passages": self.count})

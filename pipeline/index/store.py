@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline import fileio
+from pipeline.fileio import sha256_file, write_json_atomic
 from pipeline.index import faiss_index
 from pipeline.errors import IndexMismatchError, OpenbookError
 from pipeline.index.shards import CHECKPOINT_FILE, ShardSet
@@ -47,25 +48,6 @@ PASSAGES_FILE = "passages.parquet"
 VECTORS_FILE = "vectors.f32"
 ROW_GROUP = 2048
 PASSAGE_COLUMNS = ("passage_id", "doc_id", "doc_title", "text")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def library_versions() -> dict:
@@ -85,13 +67,12 @@ def library_versions() -> dict:
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to replace an existing, non-empty directory unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise OpenbookError(f"--out {out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a complete index" if (out / META_FILE).exists() else "files"
-        raise OpenbookError(
-            f"--out {out} already holds {what}; pass --overwrite to replace it "
-            "(the old index stays until the new one is complete), or choose another --out")
+    what = "a complete index" if (out / META_FILE).exists() else "files"
+    fileio.check_output_dir(
+        out, overwrite,
+        is_file=f"--out {out} exists and is not a directory; choose another --out",
+        not_empty=f"--out {out} already holds {what}; pass --overwrite to replace it "
+                  "(the old index stays until the new one is complete), or choose another --out")
 
 
 class BuildLock:
@@ -290,14 +271,7 @@ class IndexWriter:
         return meta
 
     def _publish(self) -> None:
-        old = self.out.with_name(f".{self.out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if self.out.exists():
-            os.replace(self.out, old)
-        os.replace(self.partial, self.out)
-        if old.exists():
-            shutil.rmtree(old)
+        fileio.publish_dir(self.partial, self.out)
         if self._own_lock:
             self.lock.release()
 

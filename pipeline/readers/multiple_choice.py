@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.readers.encoding import MultipleChoiceCollator, encode_question
+from pipeline.device import pick_device
 from pipeline.errors import OpenbookError
 from pipeline.metrics import softmax
 
@@ -194,7 +195,7 @@ class MultipleChoiceReader:
         if local and not (path.is_dir() and (path / "config.json").is_file()):
             raise ReaderError(f"{name}: not a model directory (no config.json). Fix: {_FIX}")
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         source = str(path) if local else name
         try:

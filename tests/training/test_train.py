@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
-from test_cli import EASY_IDS, _sample_rows, easy_questions, tiny_corpus, tiny_index  # noqa: F401
+from conftest import _sample_rows
 
 SHARED = REPO.parent / "shared" / "data"
 
