@@ -19,8 +19,8 @@ counts from the start of ``predict`` (loading the index and models included).
 2. with a reader configured: the zero-shot baseline with 1 passage;
 3. when the time is up (elapsed >= 97% of the budget, or not one more
    question fits at the cheapest level): the remaining questions are ranked
-   by option length, longest first (instant; MAP@3 0.43-0.47 on the shared
-   real questions, against 0.37 for chance).
+   by option length, longest first (instant, needs neither the index nor a
+   model, so every question gets a prediction; its MAP@3 is in docs/results.md).
 
 When a projection exceeds 97% of the budget, the guard moves to the first
 lower level whose estimated time fits (the estimate scales the measured

@@ -91,8 +91,8 @@ def default_batch_size(device: str, backend: str = "torch") -> int:
     """Texts per forward pass: 256 on a GPU (128 under 12 GB), 64 with torch on CPU, 32 with onnx/openvino.
 
     Texts are sorted by length first, so batches are nearly padding-free and a
-    larger CPU batch buys nothing but memory; ONNX Runtime / OpenVINO measured
-    fastest with 32 (``benchmarks/throughput.py``).
+    larger CPU batch buys nothing but memory; the onnx/openvino default comes from
+    ``python -m benchmarks.throughput`` (docs/throughput.md).
     """
     if device.startswith("cuda"):
         try:
@@ -119,8 +119,8 @@ class Embedder:
             model is exported to ONNX once, offline, into a cache folder
             (:mod:`pipeline.index.export`). Vectors match torch's to ~1e-6.
         quantize: ``None``/``"none"`` or ``"int8"`` (onnx/openvino only): int8
-            MatMul weights, ~2-3x faster on CPU; vectors differ slightly from
-            fp32 (cosine ~0.99 with them), see the README's throughput table.
+            MatMul weights; vectors differ slightly from fp32 (cosine ~0.99 with
+            them); speed and recall per backend: docs/throughput.md.
         threads: CPU threads for onnx/openvino (default: the runtime's, = cores).
 
     Texts are sorted by length before batching (longest first) and the vectors

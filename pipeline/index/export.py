@@ -6,8 +6,10 @@ transformers 5.x; so we export the model ourselves, offline, from the local mode
 folder: the transformer **and its pooling** (every module but ``Normalize``) are
 traced with ``torch.onnx.export`` into one graph ``(input_ids, attention_mask,
 token_type_ids) -> (batch, dim)`` sentence embeddings. ``int8`` is ONNX Runtime's
-dynamic quantisation of the MatMul weights, per channel (per-tensor int8 costs
-MiniLM ~5% cosine; per channel ~1%). OpenVINO reads the same ``.onnx`` files.
+dynamic quantisation of the weight MatMuls, per channel (attention's activation x
+activation products and the FFN output projection stay fp32; the vectors then
+differ slightly from fp32 ones, see docs/throughput.md). OpenVINO reads the same
+``.onnx`` files.
 
 Exports are cached, never rebuilt for the same model, under
 ``models_dir()/exported/<model>-<key>/`` (``$OPENBOOK_MODELS``, default

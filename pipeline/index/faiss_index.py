@@ -3,7 +3,7 @@
 ``flat`` is exact inner-product search (vectors are normalised, so it is
 cosine). ``ivfpq`` is an inverted file with product quantisation, trained on
 a sample: ~``m`` bytes per vector instead of ``4 * dim`` (``np``: no polysemous
-training, which we never search with and which made training ~25x slower). ``auto`` picks flat
+training, which search never uses and which slows training down). ``auto`` picks flat
 up to :data:`AUTO_FLAT_MAX` passages, IVF-PQ above.
 
 Example::

@@ -12,15 +12,14 @@ weights them, and adds them up::
 **Gated evidence.** The context features only say something when the retrieved
 passages are about the question. With ``gated`` features the stacker also adds
 each of them multiplied by the question's *evidence confidence*, the best cosine
-between ``prompt + option`` (any option) and a context sentence (the raw
-``dense`` feature, about 0.77 when the source passage was found, about 0.5 when
-it was not)::
+between ``prompt + option`` (any option) and a context sentence (the raw,
+un-standardised ``dense`` feature, see :func:`evidence_confidence`)::
 
     score[i, k] += sum_g  v_g * conf[i] * z(feature_g[i, :])[k]
 
 so the fitted weight of the evidence grows with how well the contexts match the
-question, and a question whose passages miss leans on the reader. Measured with
-``benchmarks/stack_transfer.py`` (README, "Stacker transfer").
+question, and a question whose passages miss leans on the reader. Why gating and
+the content features are the default: docs/results.md, "Stacker transfer".
 
 The weights are fitted by ``pipeline.train`` on the validation questions
 (conditional logit: softmax over the five options, cross-entropy, L2), saved
@@ -73,7 +72,7 @@ FEATURES = ("reader",) + CONTEXT_FEATURES
 #: What the contexts say about each option: ``pipeline.train`` stacks these by default and
 #: gates them by the evidence confidence. ``length`` and ``consensus`` describe how the
 #: question writer built the options; their weights, fitted on one question generator's
-#: validation questions, hurt on another's (README, "Stacker transfer").
+#: validation questions, hurt on another's (docs/results.md, "Stacker transfer").
 CONTENT_FEATURES = ("lexical", "coverage", "dense")
 
 

@@ -22,12 +22,15 @@ The first two find sentences about the question, the third a sentence about
 one of the answers. Each passage's first sentence carries its title, as a
 passage does in :meth:`Contexts.joined`.
 
-Measured on 200 held-out questions (``runs/split/valid.csv``), MiniLM reader
-trained on unfocused contexts, top-3 dense contexts: MAP@3 0.648 -> 0.670
-(the query cosine alone: 0.656). See the README for readers trained with it.
+Contract: focusing reorders the sentences of the passages that retrieval
+returned (every sentence is kept, one per line); it never searches again, and
+the passages' ids, ranks and scores in ``Contexts`` are unchanged. Only
+``Contexts.focused`` is set, and ``Contexts.joined()`` returns it when set.
+What focus does to MAP@3 is measured in docs/results.md ("Readers trained on
+focused contexts").
 
-Cost: one embedding pass over the sentences of all the questions' passages
-(about 9 sentences a passage); repeated sentences are embedded once.
+Cost: one embedding pass over the sentences of all the questions' passages;
+repeated sentences are embedded once.
 
 Example::
 

@@ -6,12 +6,11 @@ Retrievers (``RetrievalConfig.retriever``):
 * ``bm25``: the query's terms scored by the index's BM25 (:mod:`pipeline.index.bm25`);
 * ``hybrid``: both ranked lists merged by reciprocal-rank fusion (RRF).
 
-The default is ``dense``: measured on 1,495 questions whose source passages
-sit among 15,010 passages (``benchmarks/retrieval_recall.py``), MiniLM alone
-found the source passage at rank 1 more often than BM25 or any RRF hybrid
-(stem_1k: dense 0.705, hybrid 0.598, BM25 0.449). BM25 is still built with
-every index (seconds, a few MB) for ``--retriever bm25|hybrid``: exact
-numbers and rare names, bigger corpora, other embedders.
+The default is ``dense`` (the recall comparison behind that choice is in
+docs/results.md, "Real questions"). ``bm25`` and ``hybrid`` need the index's
+BM25, which ``build_index`` writes unless ``--no-bm25`` and
+``python -m pipeline.bm25 --index DIR`` adds later; asked of an index without
+it they raise :class:`~pipeline.index.bm25.Bm25MissingError` before any search.
 
 The query is the prompt followed by the five options by default (the
 options name the things the question is about); ``query="prompt"`` uses
