@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
                           "'.[openvino]'; default: %(default)s)")
     emb.add_argument("--quantize", choices=QUANTIZE, default="none",
                      help="int8: int8 weights (onnx/openvino only), faster, vectors differ "
-                          "slightly from fp32 (see README, throughput) (default: %(default)s)")
+                          "slightly from fp32 (see docs/throughput.md) (default: %(default)s)")
     idx = p.add_argument_group("index")
     idx.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                      help="flat = exact; ivfpq = compressed; auto = flat up to 500k passages "
