@@ -57,6 +57,16 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def margins(scores: np.ndarray) -> np.ndarray:
+    """Top score minus the second, per row of ``(n, k)`` scores -> ``(n,)``: how sure a scorer is.
+
+    >>> margins(np.array([[0.1, 0.7, 0.2, 0.0, 0.0]])).round(6).tolist()
+    [0.5]
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64), axis=1)
+    return s[:, -1] - s[:, -2]
+
+
 def map_at_3(rankings: Sequence[Sequence[str]], answers: Sequence[str]) -> float:
     """Mean of :func:`average_precision_at_3` over questions.
 
