@@ -34,7 +34,7 @@ def needles(shared: Path = SHARED):
 
 
 def main() -> int:
-    from pipeline.corpus.readers import iter_documents
+    from pipeline.corpus.stream import iter_documents
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.index.bm25 import add_bm25, has_bm25  # noqa: E402
 from pipeline.index.build import BuildConfig, build_index  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.corpus.readers import iter_documents  # noqa: E402
+from pipeline.corpus.stream import iter_documents  # noqa: E402
 from pipeline.index.embedding import Embedder  # noqa: E402
 from pipeline.metrics import recall_at_k  # noqa: E402
 from pipeline.retrieval.retriever import RetrievalConfig, retrieve  # noqa: E402

