@@ -4,7 +4,7 @@ Each labelled question in ``stem_1k.csv`` and ``extra_500.csv`` carries the pass
 from (``context``). This script writes those passages as documents (id ``<file>-<row id>``) followed
 by the 10,033 vital-article summaries as distractors, as one jsonl corpus for ``build_index``.
 
-    python benchmarks/haystack.py --out /tmp/haystack.jsonl
+    python -m benchmarks.haystack --out /tmp/haystack.jsonl
     python -m pipeline.build_index --corpus /tmp/haystack.jsonl --out index/haystack
 
 ``--distractors N`` keeps only the first N summaries: a smaller haystack on which a slow
@@ -19,10 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
-FILES = ("stem_1k.csv", "extra_500.csv")
+from benchmarks.common import LABELLED, SHARED, needle_id
+
+FILES = tuple(f"{stem}.csv" for stem in LABELLED.values())  # stem_1k.csv, extra_500.csv
 
 
 def needles(shared: Path = SHARED):
@@ -30,7 +29,7 @@ def needles(shared: Path = SHARED):
     for name in FILES:
         with open(shared / name, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
-                yield f"{Path(name).stem}-{row['id']}", row["context"]
+                yield needle_id(Path(name).stem, row["id"]), row["context"]
 
 
 def main() -> int:

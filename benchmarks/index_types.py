@@ -15,8 +15,8 @@ inner-product search (``Flat``) in the same run.
 
 Run::
 
-    .venv/bin/python benchmarks/index_types.py                  # ~2-4 min on 2 busy cores
-    .venv/bin/python benchmarks/index_types.py --synthetic 200000
+    .venv/bin/python -m benchmarks.index_types                  # ~2-4 min on 2 busy cores
+    .venv/bin/python -m benchmarks.index_types --synthetic 200000
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.index import faiss_index  # noqa: E402
-from pipeline.index.sizing import default_nprobe, ivfpq_spec, optimal_nlist  # noqa: E402
+from benchmarks.common import REPO, SHARED
+from pipeline.index import faiss_index
+from pipeline.index.sizing import default_nprobe, ivfpq_spec, optimal_nlist
 
 
 def real_vectors(index_dir: Path, questions: Path, n_queries: int):
@@ -64,7 +62,7 @@ def synthetic_vectors(n: int, n_queries: int, dim: int = 384, seed: int = 0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", type=Path, default=REPO / "index" / "haystack")
-    ap.add_argument("--questions", type=Path, default=REPO.parent / "shared" / "data" / "stem_1k.csv")
+    ap.add_argument("--questions", type=Path, default=SHARED / "stem_1k.csv")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--synthetic", type=int, default=0, metavar="N")
     ap.add_argument("--k", type=int, default=10)

@@ -15,8 +15,8 @@ indexing, so it does grow with the corpus; see pipeline/bm25.py).
 
 Run (~5-10 min on 2 busy cores)::
 
-    .venv/bin/python benchmarks/memory.py
-    .venv/bin/python benchmarks/memory.py --sizes 10000 200000 --bm25
+    .venv/bin/python -m benchmarks.memory
+    .venv/bin/python -m benchmarks.memory --sizes 10000 200000 --bm25
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO
 
 CHILD = """
 import resource, sys, runpy

@@ -5,19 +5,16 @@ loads them (untrained head: speed only), and score the same questions with the s
 contexts at the same length; best of ``--rounds`` interleaved rounds.
 
     python -m pipeline.models fetch mpnet          # once
-    python benchmarks/reader_speed.py --questions runs/split/valid.csv --n 24
+    python -m benchmarks.reader_speed --questions runs/split/valid.csv --n 24
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO
 
 
 def main() -> int:

@@ -3,13 +3,17 @@
 The haystack: every ``context`` of the question files (the passage each
 question was written from; one document each, id ``ctx-N``, no title) mixed
 among the 10,033 demo-corpus summaries (``--format demo``, ids ``demo-N``).
-A question scores a hit at k when one of its first k retrieved passages
-comes from its own context document (contexts longer than a passage are
-chunked like any document, so any of their passages counts). stem_1k often
-has several questions, each with its own context, from one Wikipedia page
-(ctx-0 to ctx-4 are all the UCF College of Engineering); a passage from a
-sibling context is a miss here, though it may answer the question, which
-is why every retriever scores lower at R@1 on stem_1k than on extra_500.
+A question scores a hit at k when one of its first k retrieved passages is
+its source by the rule of :mod:`pipeline.reporting.sources` (the one
+``pipeline.evaluate`` uses): a passage of its own context document (contexts
+longer than a passage are chunked like any document, so any of their passages
+counts), or any passage that shares at least half of the word 3-grams of the
+shorter of (passage, context). stem_1k often has several questions, each with
+its own context, from one Wikipedia page (ctx-0 to ctx-4 are all the UCF
+College of Engineering); a passage from a sibling context counts when it
+repeats most of the question's context and is a miss otherwise, though it may
+answer the question, which is why every retriever scores lower at R@1 on
+stem_1k than on extra_500.
 
 The index is built once with the library (:func:`pipeline.index.build.build_index`,
 default MiniLM embedder and chunking, BM25 included) under ``--work`` and
@@ -21,10 +25,10 @@ before the clock starts).
 Run (from the repository root; CPU-bound: on 2 busy cores ~15 min to build the index the
 first time, then ~7 min)::
 
-    nohup .venv/bin/python benchmarks/retrieval_recall.py > index/recall_bench.log 2>&1 &
+    nohup .venv/bin/python -m benchmarks.retrieval_recall > index/recall_bench.log 2>&1 &
 
     # quicker look: 200 questions per file
-    .venv/bin/python benchmarks/retrieval_recall.py --limit 200
+    .venv/bin/python -m benchmarks.retrieval_recall --limit 200
 """
 
 from __future__ import annotations
@@ -38,17 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.index.bm25 import add_bm25, has_bm25  # noqa: E402
-from pipeline.index.build import BuildConfig, build_index  # noqa: E402
-from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.corpus.stream import iter_documents  # noqa: E402
-from pipeline.index.embedding import Embedder  # noqa: E402
-from pipeline.metrics import recall_at_k  # noqa: E402
-from pipeline.retrieval.retriever import RetrievalConfig, retrieve  # noqa: E402
-from pipeline.index.store import META_FILE, load_index  # noqa: E402
+from benchmarks.common import REPO
+from pipeline.cli import setup_logging
+from pipeline.corpus.stream import iter_documents
+from pipeline.index.bm25 import add_bm25, has_bm25
+from pipeline.index.build import BuildConfig, build_index
+from pipeline.index.embedding import Embedder
+from pipeline.index.store import META_FILE, load_index
+from pipeline.reporting.sources import Source, source_recall
+from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
 log = logging.getLogger("retrieval_recall")
 
@@ -68,11 +70,16 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Q:
-    """A question as :func:`pipeline.retrieval.retriever.retrieve` wants it, plus its source document."""
+    """A question as :func:`pipeline.retrieval.retriever.retrieve` wants it, plus its source:
+    its context document in the haystack and the context's text."""
 
     prompt: str
     options: tuple[str, ...]
     doc_id: str
+    context: str
+
+    def source(self) -> Source | None:
+        return Source.of(context=self.context, doc_id=self.doc_id)
 
 
 def load_questions(files: Sequence[str]) -> tuple[dict[str, list[Q]], dict[str, str]]:
@@ -86,7 +93,7 @@ def load_questions(files: Sequence[str]) -> tuple[dict[str, list[Q]], dict[str, 
         qs = []
         for r in df.itertuples(index=False):
             doc = ctx_ids.setdefault(r.context, f"ctx-{len(ctx_ids)}")
-            qs.append(Q(str(r.prompt), tuple(str(getattr(r, c)) for c in "ABCDE"), doc))
+            qs.append(Q(str(r.prompt), tuple(str(getattr(r, c)) for c in "ABCDE"), doc, r.context))
         sets[Path(f).stem] = qs
     return sets, ctx_ids
 
@@ -121,11 +128,6 @@ def ensure_index(work: Path, ctx_ids: dict[str, str], rebuild: bool) -> Path:
     return out
 
 
-def doc_of_rows(store, rows: Sequence[int]) -> dict[int, str]:
-    uniq = sorted(set(rows))
-    return {r: p["doc_id"] for r, p in zip(uniq, store.passages(uniq))}
-
-
 def table(rows_out: list) -> list[str]:
     head = "| questions | n | retriever | " + " | ".join(f"R@{k}" for k in KS) + " | s/question |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -158,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     retrieve(sets[next(iter(sets))][:2], store, embedder, RetrievalConfig(retriever="hybrid"),
              progress=False)
     top_k = max(KS)
+    sources = {name: [q.source() for q in qs] for name, qs in sets.items()}
     rows_out = []
     for name in args.methods:
         cfg = RetrievalConfig(top_k=top_k, **METHODS[name])
@@ -165,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t = time.perf_counter()
             ctx = retrieve(qs, store, embedder, cfg, progress=False)
             sec = (time.perf_counter() - t) / len(qs)
-            docs = doc_of_rows(store, [r for c in ctx for r in c.rows])
-            retrieved = [[docs[r] for r in c.rows] for c in ctx]
-            rec = {k: recall_at_k(retrieved, [q.doc_id for q in qs], k) for k in KS}
+            rec = source_recall(ctx, sources[set_name], KS)
             rows_out.append((set_name, len(qs), name, rec, sec))
             log.info("%s %s: %s, %.3f s/question", set_name, name, rec, sec)
     lines = [f"index: {store.size} passages ({len(ctx_ids)} contexts + demo summaries), "

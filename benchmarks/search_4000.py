@@ -12,8 +12,8 @@ measured on that subset too.
 
 Run (~5-10 min on 2 busy cores, mostly training and adding)::
 
-    .venv/bin/python benchmarks/search_4000.py
-    .venv/bin/python benchmarks/search_4000.py --n 200000   # quicker look
+    .venv/bin/python -m benchmarks.search_4000
+    .venv/bin/python -m benchmarks.search_4000 --n 200000   # quicker look
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.index.sizing import choose_by_budget, parse_size  # noqa: E402
-from pipeline.index.chunking import Passage  # noqa: E402
-from pipeline.index.store import IndexWriter, load_index  # noqa: E402
+from pipeline.index.chunking import Passage
+from pipeline.index.sizing import choose_by_budget, parse_size
+from pipeline.index.store import IndexWriter, load_index
 
 
 def clustered(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:

@@ -7,7 +7,7 @@ on: every quality figure in the README is measured on it), ``valid``
 ``train``. Ids get a file prefix (both files number from 0). ``train_6k.csv``
 (no passages) is left whole for whoever wants more training questions.
 
-    python benchmarks/shared_split.py --out runs/split
+    python -m benchmarks.shared_split --out runs/split
     # -> runs/split/{train,valid,test}.csv  (id,prompt,context,A..E,answer)
 
 The files are written outside the repository's tracked folders (``runs/`` is
@@ -22,15 +22,15 @@ import random
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from benchmarks.common import LABELLED, REPO, SHARED
+
 COLUMNS = ["id", "prompt", "context", "A", "B", "C", "D", "E", "answer"]
 SEED = 20240601
 
 
 def read_labelled(shared: Path = SHARED) -> list[dict]:
     rows = []
-    for tag, name in (("stem", "stem_1k"), ("extra", "extra_500")):
+    for tag, name in LABELLED.items():  # stem -> stem_1k, extra -> extra_500
         with open(shared / f"{name}.csv", encoding="utf-8", newline="") as f:
             for r in csv.DictReader(f):
                 r["id"] = f"{tag}-{r['id']}"

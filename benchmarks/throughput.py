@@ -24,8 +24,8 @@ cosine between a backend's passage vector and torch's, and the largest
 
 Run (from the repository root; ~5 min on 2 busy cores)::
 
-    nohup .venv/bin/python benchmarks/throughput.py > reports/throughput.log 2>&1 &
-    .venv/bin/python benchmarks/throughput.py --n 300 --rounds 1 --queries 50   # quick look
+    nohup .venv/bin/python -m benchmarks.throughput > reports/throughput.log 2>&1 &
+    .venv/bin/python -m benchmarks.throughput --n 300 --rounds 1 --queries 50   # quick look
 """
 
 from __future__ import annotations
@@ -36,22 +36,20 @@ import itertools
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the embedding stack is imported
 
-from pipeline.index.chunking import ChunkConfig, Chunker  # noqa: E402
+from benchmarks.common import SHARED  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.corpus.stream import iter_documents  # noqa: E402
+from pipeline.index.chunking import ChunkConfig, Chunker  # noqa: E402
 from pipeline.index.embedding import Embedder, resolve_model  # noqa: E402
 
-QUESTIONS = REPO.parent / "shared" / "data" / "stem_1k.csv"
+QUESTIONS = SHARED / "stem_1k.csv"
 K = 10
 
 
@@ -114,7 +112,9 @@ def variants(args) -> dict:
     return out
 
 
-def recall_at_k(ref_q, ref_p, q, p, k=K) -> float:
+def search_recall_at_k(ref_q, ref_p, q, p, k=K) -> float:
+    """Mean overlap of the exact top ``k`` of ``q`` over ``p`` with that of the reference
+    vectors (k-recall@k of one backend against torch fp32; not source-passage recall)."""
     truth = np.argsort(-(ref_q @ ref_p.T), axis=1)[:, :k]
     got = np.argsort(-(q @ p.T), axis=1)[:, :k]
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, got)]))
@@ -162,8 +162,8 @@ def main() -> None:
         rows.append({
             "variant": name, "passages_per_s": rate, "speedup_vs_naive": rate / naive_rate,
             "seconds": secs[name],
-            "recall10_torch_queries": recall_at_k(ref_q, ref_p, ref_q, p),
-            "recall10_own_queries": recall_at_k(ref_q, ref_p, q_own, p),
+            "recall10_torch_queries": search_recall_at_k(ref_q, ref_p, ref_q, p),
+            "recall10_own_queries": search_recall_at_k(ref_q, ref_p, q_own, p),
             "min_cos_vs_torch": float(np.min(np.sum(p * ref_p, axis=1))),
             "max_abs_score_diff": float(np.max(np.abs(ref_q @ p.T - ref_q @ ref_p.T))),
         })

@@ -6,7 +6,7 @@ overhead only), and with a tight budget of ``--tight`` times the baseline's
 time (the guard must step down). Prints seconds and MAP@3, with times as
 ratios to the baseline measured in the same run.
 
-    python benchmarks/time_budget.py --index index/demo --questions data/sample_questions.csv
+    python -m benchmarks.time_budget --index index/demo --questions data/sample_questions.csv
 """
 
 from __future__ import annotations

@@ -1,22 +1,16 @@
-"""benchmarks/quality.py's figures and --versus comparison, on hand-made scores (no models)."""
+"""benchmarks.quality's figures and --versus comparison, on hand-made scores (no models)."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+import benchmarks.quality
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmarks.quality
 
 
 def one_hot(letters: str) -> np.ndarray:
@@ -56,3 +50,12 @@ def test_subset_ensembles_are_every_smaller_group(quality):
     assert [label for label, _ in got] == ["ensemble a + b", "ensemble a + c", "ensemble b + c"]
     assert np.allclose(got[1][1], 0.35)
     assert quality.subset_ensembles(["a", "b"], probs[:2]) == []  # the full ensemble has its own row
+
+
+def test_split_sources_are_the_haystack_document_and_the_context(quality):
+    from pipeline.questions import Question
+
+    q = Question(id="stem-12", prompt="p", options=tuple("abcde"), answer="A",
+                 context="Water boils at 100 degrees at sea level.", row=0)
+    (src,) = quality.split_sources([q])
+    assert src.doc_id == "stem_1k-12" and src.shingles
