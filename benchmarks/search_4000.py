@@ -29,7 +29,8 @@ import numpy as np
 
 from pipeline.index.chunking import Passage
 from pipeline.index.sizing import choose_by_budget, parse_size
-from pipeline.index.store import IndexWriter, load_index
+from pipeline.index.store import load_index
+from pipeline.index.writer import IndexWriter
 
 
 def clustered(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:

@@ -252,24 +252,17 @@ def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
     (``.NAME.lock``), so two builds never write the same directory; a caller
     in this process that already holds it (``build_index``) keeps it.
     """
-    from pipeline.index.store import BuildLock
+    from pipeline.index.lock import BuildLock
 
     index = Path(index)
     lock = BuildLock(index)  # one builder per index directory (build_index or this)
-    if _held_by_this_process(lock.path):
+    if lock.held_by_this_process():
         return _add_bm25(index, config, progress=progress)
     lock.acquire()
     try:
         return _add_bm25(index, config, progress=progress)
     finally:
         lock.release()
-
-
-def _held_by_this_process(lock_path: Path) -> bool:
-    try:
-        return int(lock_path.read_text().strip() or 0) == os.getpid()
-    except (OSError, ValueError):
-        return False
 
 
 def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:

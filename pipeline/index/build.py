@@ -39,7 +39,9 @@ from pipeline.errors import OpenbookError
 from pipeline.index.faiss_index import choose_index
 from pipeline.index.sizing import choose_by_budget, estimate, human, parse_size
 from pipeline.index.shards import ShardSet
-from pipeline.index.store import META_FILE, BuildLock, IndexWriter, check_output_dir
+from pipeline.index.lock import BuildLock
+from pipeline.index.store import META_FILE
+from pipeline.index.writer import IndexWriter, check_output_dir
 from pipeline.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from conftest import make_passage, run_cli
 from pipeline.index import faiss_index
 from pipeline.errors import OpenbookError
 from pipeline.index.sizing import choose_by_budget, estimate, index_bytes, parse_size
-from pipeline.index.store import IndexWriter, load_index
+from pipeline.index.store import load_index
+from pipeline.index.writer import IndexWriter
 
 
 def _vectors(n, dim, seed=0):

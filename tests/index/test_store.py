@@ -10,7 +10,8 @@ import pytest
 from conftest import make_passage
 from pipeline.index import faiss_index
 from pipeline.errors import IndexMismatchError, OpenbookError
-from pipeline.index.store import IndexWriter, load_index, read_meta
+from pipeline.index.store import load_index, read_meta
+from pipeline.index.writer import IndexWriter
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -139,7 +139,7 @@ import errno, resource, signal, sys
 from dataclasses import dataclass
 import numpy as np
 from pipeline.index import faiss_index
-from pipeline.index.store import IndexWriter
+from pipeline.index.writer import IndexWriter
 
 @dataclass
 class P:

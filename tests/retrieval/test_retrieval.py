@@ -270,7 +270,7 @@ def test_bm25_stage_respects_the_build_lock(index, monkeypatch):
     import os
 
     from pipeline import bm25 as bm25_mod
-    from pipeline.index.store import BuildLock
+    from pipeline.index.lock import BuildLock
 
     lock = BuildLock(index)
     lock.acquire()  # held by this process, as build_index holds it around add_bm25
