@@ -85,7 +85,9 @@ def parser() -> argparse.ArgumentParser:
     idx.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
                      help="flat = exact; ivfpq = compressed; auto = flat up to 500k passages "
                           "(default: %(default)s)")
-    idx.add_argument("--nlist", type=int, default=None, help="IVF lists (default: ~4*sqrt(passages))")
+    idx.add_argument("--nlist", type=int, default=None,
+                     help="IVF lists (default: ~4*sqrt(passages), 16384 from 1M passages, 65536 "
+                          "from 10M)")
     idx.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
     idx.add_argument("--max-index-memory", default=None, metavar="SIZE",
                      help="memory budget of the index, e.g. 4G: exact (flat) if it fits, else "

@@ -1,16 +1,50 @@
-"""Choosing, training and searching the FAISS index.
+"""Choosing, training and searching the FAISS index, and the one set of IVF-PQ sizing rules.
 
 ``flat`` is exact inner-product search (vectors are normalised, so it is
 cosine). ``ivfpq`` is an inverted file with product quantisation, trained on
 a sample: ~``m`` bytes per vector instead of ``4 * dim`` (``np``: no polysemous
-training, which search never uses and which slows training down). ``auto`` picks flat
-up to :data:`AUTO_FLAT_MAX` passages, IVF-PQ above.
+training, which we never search with and which made training ~25x slower). ``auto`` picks flat
+up to :data:`AUTO_FLAT_MAX` passages, IVF-PQ above. With ``--max-index-memory``
+the choice is :func:`pipeline.index.sizing.choose_by_budget` instead (OPQ and an
+HNSW coarse quantiser in front, autofaiss's way); both take their numbers from
+the four rules below, so a corpus gets the same lists, probes and training
+sample with or without a budget.
+
+Sizing rules, each one function:
+
+* :func:`optimal_nlist`, IVF lists: autofaiss's first choice, which follows
+  faiss's wiki ("Guidelines to choose an index"): ``4 * sqrt(n)`` rounded to a
+  power of two below 1M vectors, 16,384 below 10M, 65,536 above, and never
+  fewer than 39 vectors a list (faiss's k-means minimum). Carrying
+  ``4 * sqrt(n)`` on past 1M would fall below the wiki's ``4..16 * sqrt(n)``
+  range (4,096 lists at 2M vectors, where it starts at 5,657).
+* :func:`train_size`, the training sample: 100 vectors per centroid of the
+  largest k-means the index runs (the ``nlist`` lists, or the 256 codewords of
+  each PQ sub-quantiser when there are fewer lists), at most ``n``:
+  ``min(n, 100 * max(nlist, 256))``. faiss's k-means warns below 39 points a
+  centroid and subsamples above 256, the wiki asks for 30 to 256 per list, and
+  autofaiss trains on 100 (fewer when memory is short). 100 rather than 256
+  keeps the sample (``4 * dim`` bytes a vector, all in RAM) and the k-means time
+  2.56x smaller where it hurts: at 65,536 lists it is 6.6M vectors (10 GB at
+  384-d) instead of 16.8M (26 GB).
+* :func:`default_nprobe`, lists searched per query: ``nlist / 64``, so a query
+  scans about ``n / 64`` codes whatever ``nlist`` is, at least 16 (below 1,024
+  lists the scan is cheap and more lists buy recall; autofaiss's own nprobe
+  search for IVF-HNSW starts at 16) and at most ``nlist``.
+* :func:`pq_m`, PQ sub-quantisers (code bytes a vector): one byte per 8
+  dimensions, the largest divisor of ``dim`` up to ``dim // 8`` (plain PQ splits
+  the dimensions into ``m`` equal parts: 384-d -> 48). Under a budget the code
+  size is what fits instead (:mod:`pipeline.index.sizing`), behind an OPQ
+  rotation whose output is a multiple of ``m``.
+
+An index keeps the parameters it was built with in ``meta.json``, so these
+rules only decide new builds.
 
 Example::
 
     >>> spec = choose_index(n=2_000_000, dim=384, index_type="auto")
-    >>> spec.type, spec.factory
-    ('ivfpq', 'IVF4096,PQ48np')
+    >>> spec.type, spec.factory, spec.nprobe, spec.train_size
+    ('ivfpq', 'IVF16384,PQ48np', 256, 1638400)
 """
 
 from __future__ import annotations
@@ -52,9 +86,31 @@ class IndexSpec:
         return 4 * dim if self.type == "flat" else (self.m or 0) * (self.nbits or 8) // 8 + 8
 
 
-def _pq_m(dim: int) -> int:
-    """Sub-quantisers: one byte per 8 dimensions, a divisor of ``dim``."""
-    for m in range(max(1, dim // 8), 0, -1):
+def optimal_nlist(n: int) -> int:
+    """IVF lists for ``n`` vectors (see the module docstring), kept >= 39 vectors a list."""
+    if n < 1_000_000:
+        nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    elif n < 10_000_000:
+        nlist = 16_384
+    else:
+        nlist = 65_536
+    return int(max(1, min(nlist, n // 39)))
+
+
+def train_size(n: int, nlist: int, nbits: int = 8) -> int:
+    """Vectors to train on: 100 per centroid of the IVF or of a PQ sub-quantiser, at most ``n``."""
+    return int(min(n, 100 * max(nlist, 2 ** nbits)))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists searched per query: 1/64 of them, at least 16 (and at most all)."""
+    return int(min(nlist, max(16, nlist // 64)))
+
+
+def pq_m(dim: int, at_most: int | None = None) -> int:
+    """PQ sub-quantisers for ``dim``-d vectors: the largest divisor of ``dim`` up to ``at_most``
+    (default ``dim // 8``: one code byte per 8 dimensions)."""
+    for m in range(max(1, dim // 8 if at_most is None else min(at_most, dim)), 0, -1):
         if dim % m == 0:
             return m
     return 1
@@ -73,15 +129,10 @@ def choose_index(n: int, dim: int, index_type: str = "auto", *, nlist: int | Non
         raise OpenbookError(
             f"--index-type ivfpq needs at least {IVFPQ_MIN} passages to train, this corpus has {n}; "
             "use --index-type flat (exact, and small enough here)")
-    if nlist is None:
-        # ~4*sqrt(n) lists, a power of two, with >= 39 training points per list.
-        nlist = 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(n)))))
-        nlist = max(1, min(nlist, n // 39))
-    m = _pq_m(dim)
-    train_size = int(min(n, max(256 * nlist, 100_000)))
-    nprobe = nprobe or min(nlist, max(8, nlist // 64))
+    nlist = nlist or optimal_nlist(n)
+    m = pq_m(dim)
     return IndexSpec(type="ivfpq", factory=f"IVF{nlist},PQ{m}np", nlist=nlist, m=m, nbits=8,
-                     nprobe=nprobe, train_size=train_size)
+                     nprobe=nprobe or default_nprobe(nlist), train_size=train_size(n, nlist))
 
 
 def gpu_count() -> int:

@@ -8,11 +8,12 @@ so no HNSW over the vectors):
 2. otherwise ``OPQ{m}_{y},IVF{nlist}[_HNSW32],PQ{m}x8np``: the largest ``m`` in
    ``256, 128, 64, 48, 32, 24, 16, 8, 4`` (``m < dim``) whose ``m + 8`` bytes per
    vector (PQ code + 8-byte id) plus the centroids fit the budget;
-   ``y = (min(dim // m, 6) + 1) * m`` is the OPQ output size; ``nlist`` is
-   ``4 * sqrt(n)`` rounded to a power of two below 1M vectors, 16,384 below 10M,
-   65,536 above (with an HNSW32 coarse quantiser from 1,000 lists on);
-3. the IVF is trained on ``min(n, 100 * nlist)`` sampled vectors (autofaiss:
-   100 points per cluster, at least 39).
+   ``y = (min(dim // m, 6) + 1) * m`` is the OPQ output size; an HNSW32 coarse
+   quantiser from 1,000 lists on;
+3. lists, probes and the training sample follow the rules every IVF-PQ build
+   shares (:mod:`pipeline.index.faiss_index`: :func:`optimal_nlist` -- ``4 * sqrt(n)``
+   rounded to a power of two below 1M vectors, 16,384 below 10M, 65,536 above --,
+   :func:`default_nprobe` and :func:`train_size`, 100 vectors a list as autofaiss).
 
 Nothing fits (or the corpus is too small to train a compressed index and
 the flat one does not fit) -> :class:`~pipeline.errors.OpenbookError`
@@ -33,7 +34,8 @@ import math
 import re
 
 from pipeline.errors import OpenbookError
-from pipeline.index.faiss_index import IVFPQ_MIN, IndexSpec
+from pipeline.index.faiss_index import (IVFPQ_MIN, IndexSpec, default_nprobe, optimal_nlist, pq_m,
+                                        train_size)
 
 PQ_VALUES = (256, 128, 64, 48, 32, 24, 16, 8, 4)
 ID_BYTES = 8
@@ -60,17 +62,6 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def optimal_nlist(n: int) -> int:
-    """autofaiss's first choice of IVF lists for ``n`` vectors (kept >= 39 vectors a list)."""
-    if n < 1_000_000:
-        nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
-    elif n < 10_000_000:
-        nlist = 16_384
-    else:
-        nlist = 65_536
-    return int(max(1, min(nlist, n // 39)))
-
-
 def opq_out(dim: int, m: int) -> int:
     return (min(dim // m, 6) + 1) * m
 
@@ -82,25 +73,23 @@ def index_bytes(spec: IndexSpec, n: int, dim: int) -> int:
     nlist = spec.nlist or 1
     d_in = spec.opq or dim
     extra = 4 * nlist * d_in + (4 * dim * d_in if spec.opq else 0) + 256 * 4 * d_in
-    if nlist >= 1000:  # HNSW32 coarse quantiser: 2 * 32 links of 4 bytes per centroid
+    if "_HNSW" in spec.factory:  # HNSW32 coarse quantiser: 2 * 32 links of 4 bytes per centroid
         extra += nlist * 64 * 4
     return n * spec.bytes_per_vector(dim) + extra
 
 
 def ivfpq_spec(n: int, dim: int, m: int, *, nlist: int | None = None, nprobe: int | None = None,
                opq: bool = True) -> IndexSpec:
+    """``[OPQ{m}_{y},]IVF{nlist}[_HNSW32],PQ{m}x8np`` for ``n`` vectors (without OPQ, ``m`` is
+    lowered to a divisor of ``dim``, as plain PQ needs)."""
     nlist = nlist or optimal_nlist(n)
+    m = m if opq else pq_m(dim, at_most=m)
     y = opq_out(dim, m) if opq else None
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 1000 else f"IVF{nlist}"
     factory = (f"OPQ{m}_{y}," if opq else "") + f"{coarse},PQ{m}x8np"  # np: see faiss_index
     return IndexSpec(type="ivfpq", factory=factory, nlist=nlist, m=m, nbits=8,
-                     nprobe=nprobe or default_nprobe(nlist),
-                     train_size=int(min(n, 100 * nlist)), opq=y)  # autofaiss: 100 a list
-
-
-def default_nprobe(nlist: int) -> int:
-    """Lists searched per query: 1/64 of them, at least 16 (and at most all)."""
-    return int(min(nlist, max(16, nlist // 64)))
+                     nprobe=nprobe or default_nprobe(nlist), train_size=train_size(n, nlist),
+                     opq=y)
 
 
 def choose_by_budget(n: int, dim: int, budget: int, *, index_type: str = "auto",
