@@ -24,13 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.index.embedding import Embedder, resolve_model
-from pipeline.errors import IndexMismatchError, OpenbookError
+from pipeline.index.embedding import Embedder
+from pipeline.errors import OpenbookError
 from pipeline.fileio import check_parent_writable, write_files_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from pipeline.questions import LETTERS, Question, has_answers, load_questions
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
-from pipeline.index.store import IndexStore, load_index
+from pipeline.retrieval.setup import open_embedder, reader_retrieval
+from pipeline.index.store import load_index
 from pipeline.answering.budget import TimeBudget, now as budget_now
 
 log = logging.getLogger(__name__)
@@ -99,28 +100,6 @@ def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str
     for i, r in zip(ids, rankings):
         w.writerow([i, " ".join(r[:3])])
     return buf.getvalue()
-
-
-def open_embedder(store: IndexStore, requested: str | None, device: str | None) -> Embedder:
-    """The embedder that built ``store``; refuse one that differs from it."""
-    built = store.meta["embedder"]
-    name = requested or built["name"]
-    if requested is not None and resolve_model(requested)[0] != built["name"]:
-        raise IndexMismatchError(
-            f"--embedder {requested} differs from the embedder that built --index {store.path} "
-            f"({built['name']}); drop --embedder, or rebuild the index with it")
-    if built["normalize"] is not True:  # queries are always L2-normalised: no model needed to tell
-        raise IndexMismatchError(
-            f"--index {store.path} holds vectors with normalize={built['normalize']} but predict "
-            "searches with L2-normalised query vectors (normalize=True); rebuild the index with "
-            "pipeline.build_index")
-    emb = Embedder(name, device=device)
-    if emb.dim != built["dim"] or emb.normalize != built["normalize"]:
-        raise IndexMismatchError(
-            f"embedder {emb.name} gives {emb.dim}-d vectors (normalize={emb.normalize}) but "
-            f"--index {store.path} holds {built['dim']}-d (normalize={built['normalize']}); "
-            "use the index's embedder or rebuild the index")
-    return emb
 
 
 def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: Sequence[Contexts],
@@ -199,29 +178,6 @@ def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | 
 
     return MultipleChoiceReader.from_pretrained(name, device=device, max_length=max_length,
                                                 batch_size=batch_size)
-
-
-#: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
-READER_RETRIEVAL_KEYS = ("top_k", "query", "focus")
-
-
-def reader_retrieval(cfg: PredictConfig) -> RetrievalConfig:
-    """``cfg.retrieval``, with each of :data:`READER_RETRIEVAL_KEYS` still at its default
-    taken from the first reader's ``openbook_reader.json`` ``"retrieval"`` (a reader trained
-    with ``--contexts-infer 8`` gets 8 passages unless ``--top-k`` says otherwise)."""
-    default = RetrievalConfig()
-    for name in cfg.readers:
-        path = Path(name).expanduser() / "openbook_reader.json"
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8")).get("retrieval") or {}
-        except (OSError, ValueError, AttributeError):
-            continue  # no settings saved (the reader itself reports a broken file)
-        taken = {k: saved[k] for k in READER_RETRIEVAL_KEYS if saved.get(k) is not None
-                 and getattr(cfg.retrieval, k) == getattr(default, k)}
-        if taken:
-            log.info("retrieval settings from %s: %s (--top-k/--query/--focus override them)", path, taken)
-        return replace(cfg.retrieval, **taken)
-    return cfg.retrieval
 
 
 def predict(cfg: PredictConfig) -> PredictResult:

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 from pathlib import Path
@@ -31,15 +30,13 @@ from tqdm.auto import tqdm
 
 from pipeline.readers.encoding import MultipleChoiceCollator, encode_question
 from pipeline.device import pick_device
-from pipeline.errors import OpenbookError
 from pipeline.metrics import softmax
+from pipeline.readers.pooling import use_mean_pooling, wants_mean_pooling
+from pipeline.readers.record import READER_CONFIG, ReaderError, load_reader_record
 
 log = logging.getLogger(__name__)
 
 __all__ = ["READER_CONFIG", "ReaderError", "MultipleChoiceReader", "default_max_length"]
-
-#: Optional file in a reader directory; ``{"max_length": 384}`` fixes the length used in training.
-READER_CONFIG = "openbook_reader.json"
 
 #: Model types whose position ids start after the padding index (``pad_token_id + 1``).
 _PADDING_OFFSET_TYPES = frozenset({
@@ -55,10 +52,6 @@ _DTYPES = {
 
 _FIX = ("pass a directory written by save_pretrained (config.json, model weights and "
         "tokenizer files of a fine-tuned multiple-choice model) or a Hugging Face hub name")
-
-
-class ReaderError(OpenbookError):
-    """The reader model cannot be loaded or configured as asked; the message names the path."""
 
 
 def _position_limit(config: Any) -> int | None:
@@ -89,25 +82,6 @@ def default_max_length(tokenizer: Any, config: Any) -> int:
     if limit is not None:
         candidates.append(limit)
     return min(candidates)
-
-
-def _read_reader_config(directory: Path) -> int | None:
-    """``max_length`` from ``directory/openbook_reader.json``, or None if there is no such file."""
-    path = directory / READER_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReaderError(f"{path}: cannot read reader settings ({e}). "
-                          f"Fix: write valid JSON such as {{\"max_length\": 512}} or delete the file") from e
-    value = data.get("max_length") if isinstance(data, dict) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ReaderError(f"{path}: max_length must be a positive integer, got {value!r}. "
-                          "Fix: write the max_length the reader was trained with")
-    return value
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
@@ -206,8 +180,6 @@ class MultipleChoiceReader:
             raise ReaderError(f"{name}: cannot load a multiple-choice reader ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}). Fix: {_FIX}") from e
 
-        from pipeline.readers.pooling import use_mean_pooling, wants_mean_pooling
-
         if wants_mean_pooling(model.config):  # trained by pipeline.train with --pooling mean
             use_mean_pooling(model)
         missing = list((info or {}).get("missing_keys") or [])
@@ -218,7 +190,8 @@ class MultipleChoiceReader:
 
         limit = _position_limit(model.config)
         if max_length is None and local:
-            max_length = _read_reader_config(path)
+            record = load_reader_record(path)
+            max_length = record.max_length if record is not None else None
             where = f"{path / READER_CONFIG}"
         else:
             where = "max_length"

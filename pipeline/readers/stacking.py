@@ -62,6 +62,7 @@ import numpy as np
 
 from pipeline.errors import OpenbookError
 from pipeline.fileio import write_json_atomic
+from pipeline.readers.zeroshot import ZeroShotScorer, lexical_scores, words, zscore
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,8 @@ def center(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=-1, keepdims=True)
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Standardise each row (question) across its options; a constant row becomes 0."""
-    x = np.asarray(x, dtype=np.float64)
-    sd = x.std(axis=-1, keepdims=True)
-    return (x - x.mean(axis=-1, keepdims=True)) / np.where(sd > 1e-9, sd, 1.0)
-
-
 def coverage_scores(options: Sequence[str], context: str) -> np.ndarray:
     """Fraction of each option's (non-stop) words present in ``context`` -> ``(n_options,)``."""
-    from pipeline.readers.zeroshot import words
-
     ctx = set(words(context))
     out = np.zeros(len(options), dtype=np.float32)
     for k, o in enumerate(options):
@@ -132,8 +124,6 @@ def context_features(names: Sequence[str], prompts: Sequence[str],
     ``embedder`` (a :class:`pipeline.index.embedding.Embedder`) is needed for ``dense``
     and ``consensus`` only.
     """
-    from pipeline.readers.zeroshot import ZeroShotScorer, lexical_scores
-
     unknown = sorted(set(names) - set(CONTEXT_FEATURES))
     if unknown:
         raise OpenbookError(f"unknown stacker feature(s) {unknown}; known: {list(CONTEXT_FEATURES)}")

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.index.chunking import split_sentences
+from pipeline.retrieval.query import option_queries
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,18 @@ def lexical_scores(options: Sequence[str], context: str) -> np.ndarray:
     return out
 
 
-def _z(x: np.ndarray) -> np.ndarray:
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Standardise each row (question) across its options; a constant row becomes 0.
+
+    The one z-score of the readers: the zero-shot scorer's and the stacker's (whose saved
+    weights were fitted on it: float64, a row with a standard deviation up to 1e-9 is constant).
+
+    >>> zscore(np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]])).round(3).tolist()
+    [[-1.225, 0.0, 1.225], [0.0, 0.0, 0.0]]
+    """
+    x = np.asarray(x, dtype=np.float64)
     sd = x.std(axis=-1, keepdims=True)
-    return (x - x.mean(axis=-1, keepdims=True)) / np.where(sd > 1e-6, sd, 1.0)
+    return (x - x.mean(axis=-1, keepdims=True)) / np.where(sd > 1e-9, sd, 1.0)
 
 
 class ZeroShotScorer:
@@ -109,7 +119,7 @@ class ZeroShotScorer:
             s = [c[a:b] for a, b in split_sentences(c)][: self.max_sentences]
             sents.append(s)
         flat = [s for ss in sents for s in ss]
-        queries = [f"{p} {o}" for p, opts in zip(prompts, options) for o in opts]
+        queries = [t for p, opts in zip(prompts, options) for t in option_queries(p, opts)]
         sv = self.embedder.encode(flat, progress=progress) if flat else None
         qv = self.embedder.encode(queries, progress=progress)
         n_opt = max(len(o) for o in options)
@@ -130,8 +140,8 @@ class ZeroShotScorer:
         """Scores ``(n_questions, n_options)``; higher means better supported."""
         lex = np.stack([lexical_scores(o, c) for o, c in zip(options, contexts)]) \
             if len(options) else np.zeros((0, 5), dtype=np.float32)
-        total = self.lexical_weight * _z(lex)
+        total = self.lexical_weight * zscore(lex)
         if self.dense_weight:
-            total = total + self.dense_weight * _z(self.dense_scores(prompts, options, contexts,
-                                                                     progress))
+            total = total + self.dense_weight * zscore(self.dense_scores(prompts, options,
+                                                                         contexts, progress))
         return total.astype(np.float32)

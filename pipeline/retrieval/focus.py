@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.index.chunking import split_sentences, with_title
+from pipeline.retrieval.query import make_query, option_queries
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ def focus_contexts(questions: Sequence, contexts: Sequence, embedder, *,
     queries, prompts, pairs = [], [], []
     for q in questions:
         opts = list(q.options)
-        queries.append(" ".join([q.prompt, *opts]))
+        queries.append(make_query(q.prompt, opts))
         prompts.append(q.prompt)
-        pairs.extend(f"{q.prompt} {o}" for o in opts)
+        pairs.extend(option_queries(q.prompt, opts))
     qv = embedder.encode(queries + prompts + pairs, progress=progress)
     n = len(questions)
     s0, o0 = 0, 2 * n

@@ -48,6 +48,7 @@ from typing import Sequence
 from pipeline.index.chunking import with_title
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES, focus_contexts
+from pipeline.retrieval.query import make_query, option_queries
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,10 @@ class Contexts:
         return sep.join(with_title(t, x) for t, x in zip(self.titles, self.texts))
 
 
-def make_query(prompt: str, options: Sequence[str], mode: str = "prompt+options") -> str:
-    """The text searched for one question."""
-    if mode == "prompt":
-        return prompt
-    return " ".join([prompt, *options])
-
-
 def make_queries(prompt: str, options: Sequence[str], config: RetrievalConfig) -> list[str]:
     """All queries of one question: one, or ``prompt + option`` per option with ``per_option``."""
     if config.per_option:
-        return [f"{prompt} {o}" for o in options]
+        return option_queries(prompt, options)
     return [make_query(prompt, options, config.query)]
 
 

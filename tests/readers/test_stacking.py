@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.errors import OpenbookError
 from pipeline.metrics import map_at_3, rank_letters
-from pipeline.readers.stacking import STACK_FILE, Stacker, context_features, coverage_scores, zscore
+from pipeline.readers.stacking import STACK_FILE, Stacker, context_features, coverage_scores
+from pipeline.readers.zeroshot import zscore
 
 
 def _synthetic(n=400, seed=0):
