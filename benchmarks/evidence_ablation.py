@@ -16,7 +16,7 @@ fitted on ``--valid`` and scored on ``--test``, with and without ``--reader`` (w
 evidence alone is a zero-shot scorer), and each row is compared with the first row of its
 group (95% paired bootstrap over the test questions)::
 
-    python benchmarks/evidence_ablation.py --index index/haystack --reader runs/readers/minilm_r1 \\
+    python -m benchmarks.evidence_ablation --index index/haystack --reader runs/readers/minilm_r1 \\
         --valid runs/split/valid.csv --test runs/split/test.csv --cache runs/quality_cache
 """
 
@@ -30,23 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.readers import stacking  # noqa: E402
-from pipeline.answering.predictor import PredictConfig  # noqa: E402
-from pipeline.retrieval.setup import open_embedder, reader_retrieval  # noqa: E402
-from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.index.embedding import Embedder  # noqa: E402
-from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters  # noqa: E402
-from pipeline.questions import LETTERS, load_questions  # noqa: E402
-from pipeline.index.chunking import with_title  # noqa: E402
-from pipeline.retrieval.retriever import retrieve  # noqa: E402
-from pipeline.readers.stacking import (CONTENT_FEATURES, Stacker, context_features,  # noqa: E402
-                               reader_feature)
-from pipeline.index.store import load_index  # noqa: E402
-from pipeline.readers.zeroshot import ZeroShotScorer  # noqa: E402
-from quality import _cached, markdown  # noqa: E402
+from benchmarks.common import cached_probabilities, markdown
+from pipeline.answering.predictor import PredictConfig
+from pipeline.retrieval.setup import open_embedder, reader_retrieval
+from pipeline.cli import setup_logging
+from pipeline.index.chunking import with_title
+from pipeline.index.embedding import Embedder
+from pipeline.index.store import load_index
+from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters
+from pipeline.questions import LETTERS, load_questions
+from pipeline.readers import stacking
+from pipeline.readers.stacking import CONTENT_FEATURES, Stacker, context_features, reader_feature
+from pipeline.readers.zeroshot import ZeroShotScorer
+from pipeline.retrieval.retriever import retrieve
 
 log = logging.getLogger("evidence_ablation")
 
@@ -90,7 +86,7 @@ def scored_set(csv: str, reader: str | None, index: str, store, emb: Embedder, m
     if reader:
         from pipeline.readers.multiple_choice import MultipleChoiceReader
 
-        feats["reader"] = reader_feature(_cached(
+        feats["reader"] = reader_feature(cached_probabilities(
             cache, reader, csv, ctx, lambda: MultipleChoiceReader.from_pretrained(reader)
             .probabilities(prompts, options, ctx, [q.row for q in qs], progress=False)))
     return {"feats": feats, "answers": [q.answer for q in qs],

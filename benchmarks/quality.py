@@ -1,9 +1,9 @@
 """Answer quality, all measured in one run: baselines, trained readers, stacked readers, recall.
 
-On a held-out split of ``../shared/data`` (``benchmarks/shared_split.py``: the
+On a held-out split of ``../shared/data`` (``benchmarks.shared_split``: the
 ``test`` part is never trained on), with contexts retrieved from an index in
 which the questions' source passages sit among distractors
-(``benchmarks/haystack.py``: the 10,033 demo summaries), and on the demo
+(``benchmarks.haystack``: the 10,033 demo summaries), and on the demo
 questions (``data/sample_questions.csv`` against ``index/demo``), it prints
 MAP@3 / accuracy@1 / seconds per question of
 
@@ -14,18 +14,21 @@ MAP@3 / accuracy@1 / seconds per question of
 * a mean-probability ensemble of all readers (as ``predict --reader A --reader B``);
 
 and recall@1/3/5/10 of the source passage for the dense, BM25 and hybrid
-retrievers on the test split. Every scorer sees the same retrieved contexts.
+retrievers on the test split (a passage is the source by the rule of
+:mod:`pipeline.reporting.sources`, the one ``pipeline.evaluate`` uses: here its
+haystack document, or any passage that repeats most of the question's
+``context``). Every scorer sees the same retrieved contexts.
 Each MAP@3 comes with its standard error over the questions (``se``); with
 ``--versus SCORER`` every row also gets its difference from that scorer with a
 95% paired-bootstrap interval (``vs``), which is what says whether a change is
 more than the luck of which questions are in the split.
 
-    python benchmarks/shared_split.py --out runs/split
-    python benchmarks/haystack.py --out runs/haystack.jsonl
+    python -m benchmarks.shared_split --out runs/split
+    python -m benchmarks.haystack --out runs/haystack.jsonl
     python -m pipeline.build_index --corpus runs/haystack.jsonl --out index/haystack
     python -m pipeline.train runs/split/train.csv --valid runs/split/valid.csv \\
         --index index/haystack --out runs/readers/minilm ...
-    python benchmarks/quality.py --index index/haystack --test runs/split/test.csv \\
+    python -m benchmarks.quality --index index/haystack --test runs/split/test.csv \\
         --readers runs/readers/minilm [runs/readers/mpnet] --json runs/quality.json \\
         [--versus "minilm + stacker"]
 """
@@ -33,7 +36,6 @@ more than the luck of which questions are in the split.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import logging
@@ -44,21 +46,19 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.answering.predictor import PredictConfig, apply_stacker  # noqa: E402
-from pipeline.retrieval.setup import open_embedder, reader_retrieval  # noqa: E402
-from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.metrics import (accuracy_at_1, average_precisions, paired_bootstrap,  # noqa: E402
-                              rank_letters, recall_at_k, standard_error)
-from pipeline.questions import load_questions  # noqa: E402
-from pipeline.retrieval.retriever import RetrievalConfig, retrieve  # noqa: E402
-from pipeline.index.store import load_index  # noqa: E402
+from benchmarks.common import cached_probabilities, markdown, source_doc_id
+from pipeline.answering.predictor import PredictConfig, apply_stacker
+from pipeline.retrieval.setup import open_embedder, reader_retrieval
+from pipeline.cli import setup_logging
+from pipeline.index.store import load_index
+from pipeline.metrics import (accuracy_at_1, average_precisions, paired_bootstrap, rank_letters,
+                              standard_error)
+from pipeline.questions import load_questions
+from pipeline.reporting.sources import Source, source_recall
+from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
 log = logging.getLogger("quality")
 KS = (1, 3, 5, 10)
-PREFIX = {"stem": "stem_1k", "extra": "extra_500"}  # split ids -> haystack doc ids
 
 
 def figures(scores: np.ndarray, answers: list[str], seconds: float) -> tuple[dict, np.ndarray]:
@@ -84,26 +84,6 @@ def compare(rows: list[dict], aps: list[np.ndarray], versus: str) -> None:
     for row, ap in zip(rows, aps):
         d, lo, hi = paired_bootstrap(ap, aps[match[0]])
         row["vs"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def _cached(cache: str | None, reader: str, questions_csv: str, contexts: list[str], compute,
-            max_length: int | None = None):
-    """A reader's probabilities ``(n, 5)``, kept in ``cache`` keyed by its weights and inputs."""
-    if not cache:
-        return compute()
-    weights = Path(reader) / "model.safetensors"
-    stat = weights.stat() if weights.exists() else None
-    inputs = [str(Path(reader).resolve()), stat and [stat.st_size, stat.st_mtime_ns],
-              Path(questions_csv).read_text(), contexts]
-    key = hashlib.sha1(json.dumps(inputs + ([max_length] if max_length else [])).encode()).hexdigest()
-    path = Path(cache) / f"{Path(reader).name}-{key[:16]}.npy"
-    if path.exists():
-        log.info("%s: probabilities from %s", reader, path)
-        return np.load(path)
-    p = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, p)
-    return p
 
 
 def subset_ensembles(names: list[str], probs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
@@ -174,7 +154,7 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
             f" (top-{r_retrieval.top_k}, focus {r_retrieval.focus})"
         own += f" at {max_length} tokens" if max_length else ""
         t = time.perf_counter()
-        p = _cached(cache, path, questions_csv, ctx,
+        p = cached_probabilities(cache, path, questions_csv, ctx,
                     lambda: MultipleChoiceReader.from_pretrained(path, max_length=max_length)
                     .probabilities(prompts, options, ctx, rows, progress=False), max_length)
         add(f"reader {Path(path).name}{own}", p, time.perf_counter() - t + t_ret)
@@ -194,13 +174,17 @@ def score_set(name: str, questions_csv: str, index: str, readers: list[str], top
     return out
 
 
+def split_sources(questions) -> list[Source | None]:
+    """Each split question's source: its haystack document (``benchmarks.haystack`` writes
+    the ``context`` of ``stem-12`` as document ``stem_1k-12``) and its ``context`` text."""
+    return [Source.of(context=q.context, doc_id=source_doc_id(q.id)) for q in questions]
+
+
 def recall_rows(test_csv: str, index: str) -> list[dict]:
-    """Recall@k of each test question's source passage per retriever."""
+    """Recall@k of each test question's source passage per retriever
+    (:func:`pipeline.reporting.sources.source_recall` of :func:`split_sources`)."""
     qs = load_questions(test_csv)
-    gold = []
-    for q in qs:
-        tag, _, num = q.id.partition("-")
-        gold.append(f"{PREFIX.get(tag, tag)}-{num}")
+    gold = split_sources(qs)
     store = load_index(index)
     emb = open_embedder(store, None, None)
     rows = []
@@ -214,17 +198,11 @@ def recall_rows(test_csv: str, index: str) -> list[dict]:
         t = time.perf_counter()
         ctx = retrieve(qs, store, emb, cfg, progress=False)
         sec = (time.perf_counter() - t) / len(qs)
-        docs = [[pid.rsplit(":", 1)[0] for pid in c.passage_ids] for c in ctx]
-        rows.append({"retriever": method, **{f"R@{k}": round(recall_at_k(docs, gold, k), 4)
-                                              for k in KS}, "s/question": round(sec, 4)})
+        rows.append({"retriever": method, **{f"R@{k}": round(r, 4) for k, r in
+                                              source_recall(ctx, gold, KS).items()},
+                     "s/question": round(sec, 4)})
         log.info("%s", rows[-1])
     return rows
-
-
-def markdown(rows: list[dict], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -259,7 +237,8 @@ def main() -> int:
     if args.max_length is not None and args.max_length < 1:
         p.error(f"--max-length must be a positive number of tokens, got {args.max_length}")
     setup_logging(False)
-    logging.getLogger("quality").setLevel(logging.INFO)
+    for name in ("quality", "benchmarks"):
+        logging.getLogger(name).setLevel(logging.INFO)
     test = args.test
     if args.limit:
         import pandas as pd

@@ -23,7 +23,7 @@ haystack index). Then it fits several stackers and prints MAP@3 on each set:
   good and missing contexts, as a ``--valid-split`` of several files gives), scored on
   ``--test`` and on the other half of ``--foreign``.
 
-    python benchmarks/stack_transfer.py --index index/haystack --reader runs/readers/minilm_r1 \\
+    python -m benchmarks.stack_transfer --index index/haystack --reader runs/readers/minilm_r1 \\
         --valid runs/split/valid.csv --test runs/split/test.csv \\
         --foreign ../shared/data/train_6k.csv --foreign-n 1000 --cache runs/quality_cache
 """
@@ -38,19 +38,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.answering.predictor import PredictConfig  # noqa: E402
-from pipeline.retrieval.setup import open_embedder, reader_retrieval  # noqa: E402
-from pipeline.cli import setup_logging  # noqa: E402
-from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters  # noqa: E402
-from pipeline.questions import LETTERS, load_questions  # noqa: E402
-from pipeline.retrieval.retriever import retrieve  # noqa: E402
-from pipeline.readers.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES,  # noqa: E402
-                               Stacker, context_features, gated_features, reader_feature)
-from pipeline.index.store import load_index  # noqa: E402
-from quality import _cached, markdown  # noqa: E402
+from benchmarks.common import SHARED, cached_probabilities, markdown
+from pipeline.answering.predictor import PredictConfig
+from pipeline.retrieval.setup import open_embedder, reader_retrieval
+from pipeline.cli import setup_logging
+from pipeline.index.store import load_index
+from pipeline.metrics import average_precisions, paired_bootstrap, rank_letters
+from pipeline.questions import LETTERS, load_questions
+from pipeline.readers.stacking import (CONTENT_FEATURES, CONTEXT_FEATURES, Stacker,
+                                       context_features, gated_features, reader_feature)
+from pipeline.retrieval.retriever import retrieve
 
 log = logging.getLogger("stack_transfer")
 
@@ -74,7 +71,7 @@ def scored_set(csv: str, reader: str, index: str, cache: str | None) -> dict:
                                          progress=False)).resolved(store.meta, index)
     ctx = [c.joined() for c in retrieve(qs, store, emb, cfg, progress=False)]
     prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
-    probs = _cached(cache, reader, csv, ctx, lambda: MultipleChoiceReader.from_pretrained(reader)
+    probs = cached_probabilities(cache, reader, csv, ctx, lambda: MultipleChoiceReader.from_pretrained(reader)
                     .probabilities(prompts, options, ctx, [q.row for q in qs], progress=False))
     feats = {"reader": reader_feature(probs),
              **context_features(CONTEXT_FEATURES, prompts, options, ctx, emb)}
@@ -103,7 +100,7 @@ def main() -> int:
     p.add_argument("--reader", required=True, help="a folder written by pipeline.train")
     p.add_argument("--valid", default="runs/split/valid.csv")
     p.add_argument("--test", default="runs/split/test.csv")
-    p.add_argument("--foreign", default=str(REPO.parent / "shared" / "data" / "train_6k.csv"),
+    p.add_argument("--foreign", default=str(SHARED / "train_6k.csv"),
                    help="another writer's labelled questions (a random sample is used)")
     p.add_argument("--foreign-n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)

@@ -5,12 +5,14 @@ Figures, all measured in the same run on the same questions:
 * longest-option baseline (no context);
 * zero-shot scorer with the *gold* passage each question was written from;
 * zero-shot scorer with *retrieved* contexts (top-k from an index where the gold
-  passages sit among the 10,033 demo summaries: see ``benchmarks/haystack.py``);
-* recall@k of the gold passage for that retrieval.
+  passages sit among the 10,033 demo summaries: see ``benchmarks.haystack``);
+* recall@k of the gold passage for that retrieval (a passage is the gold one by the
+  rule of :mod:`pipeline.reporting.sources`, as in ``pipeline.evaluate``: its haystack
+  document, or any passage that repeats most of the question's ``context``).
 
-    python benchmarks/haystack.py --out /tmp/haystack.jsonl
+    python -m benchmarks.haystack --out /tmp/haystack.jsonl
     python -m pipeline.build_index --corpus /tmp/haystack.jsonl --out index/haystack
-    python benchmarks/zeroshot_shared.py --index index/haystack [--limit 300]
+    python -m benchmarks.zeroshot_shared --index index/haystack [--limit 300]
 """
 
 from __future__ import annotations
@@ -23,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
+from benchmarks.common import SHARED, needle_id
 
 
 def main() -> int:
     from pipeline.retrieval.setup import open_embedder
     from pipeline.index.chunking import with_title
-    from pipeline.metrics import map_at_3, rank_letters, recall_at_k
+    from pipeline.metrics import map_at_3, rank_letters
     from pipeline.questions import load_questions
+    from pipeline.reporting.sources import Source, source_recall
     from pipeline.retrieval.retriever import RetrievalConfig, retrieve
     from pipeline.index.store import load_index
     from pipeline.readers.zeroshot import ZeroShotScorer
@@ -57,9 +58,8 @@ def main() -> int:
         t = time.perf_counter()
         ctx = retrieve(qs, store, emb, RetrievalConfig(top_k=max(10, args.top_k)), progress=False)
         t_ret = (time.perf_counter() - t) / len(qs)
-        gold = [f"{stem}-{q.id}" for q in qs]
-        docs = [[pid.rsplit(":", 1)[0] for pid in c.passage_ids] for c in ctx]
-        recall = {k: recall_at_k(docs, gold, k) for k in (1, 3, 5, 10)}
+        gold = [Source.of(context=q.context, doc_id=needle_id(stem, q.id)) for q in qs]
+        recall = source_recall(ctx, gold, (1, 3, 5, 10))
         prompts = [q.prompt for q in qs]
         options = [list(q.options) for q in qs]
         t = time.perf_counter()

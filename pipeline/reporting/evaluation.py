@@ -11,8 +11,8 @@ retrieval settings, including a reader's saved ones; same
   ``max_contexts``) plus the headline ``top_k``.
 * **score margins** (top score minus the second) of right and wrong top-1 answers.
 * **recall@k of the source passage** per retriever (dense; bm25 and hybrid when
-  the index has BM25), when the questions say where they come from (see
-  :func:`source_rule`).
+  the index has BM25), when the questions say where they come from (the rule:
+  :mod:`pipeline.reporting.sources`).
 
 Output (``out``, written into a temp folder beside it, renamed into place when
 complete; an existing non-empty folder is only replaced with ``overwrite``)::
@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -48,7 +47,9 @@ from pipeline.retrieval.setup import open_embedder, reader_retrieval
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import focus_contexts
 from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, rank_letters
-from pipeline.questions import LETTERS, Question, load_questions
+from pipeline.questions import LETTERS, load_questions
+from pipeline.reporting.sources import (Source, is_source, load_sources, shingles,  # noqa: F401
+                                        source_rank, source_rule)  # (Source ... re-exported)
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
 from pipeline.index.store import load_index
 
@@ -56,19 +57,6 @@ log = logging.getLogger(__name__)
 
 #: Numbers of contexts tried for the MAP@3-vs-contexts curve (those <= ``max_contexts``).
 CONTEXT_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
-#: Source-passage matching: word 3-gram overlap over the smaller text's 3-grams.
-SHINGLE = 3
-MATCH_THRESHOLD = 0.5
-
-
-def source_rule() -> str:
-    """How a retrieved passage is recognised as a question's source (also written in reports)."""
-    return (f"a passage is the question's source if its document id (the part of the passage id "
-            f"before ':') or passage id equals the `source_id` cell, or its title equals the "
-            f"`source_title` cell (case and spacing ignored), or at least {MATCH_THRESHOLD:.0%} of "
-            f"the word {SHINGLE}-grams of the shorter of (passage text, `context` cell) occur in "
-            f"the other (lower-cased words), so every chunk of a gold passage that was split "
-            f"while indexing counts, and so does a chunk that holds a short gold passage")
 
 
 @dataclass
@@ -120,90 +108,6 @@ class EvaluateResult:
     scorer: str
     metrics: dict
     files: list[str]
-
-
-# ---------------------------------------------------------------- source passages
-
-@dataclass(frozen=True)
-class Source:
-    """What is known about one question's source passage (any of the three)."""
-
-    shingles: frozenset | None = None  # of the `context` cell
-    title: str | None = None
-    doc_id: str | None = None
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def shingles(text: str, n: int = SHINGLE) -> frozenset:
-    """Word n-grams of ``text`` (single words if it has fewer than ``n``).
-
-    >>> sorted(shingles("The cat sat on it"))[:2]
-    [('cat', 'sat', 'on'), ('sat', 'on', 'it')]
-    """
-    w = _words(text)
-    if len(w) < n:
-        return frozenset((x,) for x in w)
-    return frozenset(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
-
-
-def _norm_title(t: str) -> str:
-    return " ".join(t.split()).casefold()
-
-
-def is_source(passage_id: str, title: str, text: str, src: Source) -> bool:
-    """True if the passage is ``src`` by :func:`source_rule`.
-
-    >>> s = Source(shingles=shingles("Water boils at 100 degrees at sea level."))
-    >>> is_source("d1:3", "Water", "Water boils at 100 degrees at sea level. Ice melts at 0.", s)
-    True
-    >>> is_source("d9:0", "Iron", "Iron is a metal.", s)
-    False
-    """
-    if src.doc_id is not None and src.doc_id in (passage_id, passage_id.rsplit(":", 1)[0]):
-        return True
-    if src.title is not None and _norm_title(title) == src.title:
-        return True
-    if src.shingles:
-        p = shingles(text)
-        if p and len(p & src.shingles) >= MATCH_THRESHOLD * min(len(p), len(src.shingles)):
-            return True
-    return False
-
-
-def source_rank(ctx: Contexts, src: Source | None) -> int | None:
-    """1-based rank of the first source passage in ``ctx``, ``None`` if absent or unknown."""
-    if src is None:
-        return None
-    for r, (pid, title, text) in enumerate(zip(ctx.passage_ids, ctx.titles, ctx.texts), start=1):
-        if is_source(pid, title, text, src):
-            return r
-    return None
-
-
-def load_sources(path: str | Path, questions: Sequence[Question]) -> list[Source | None]:
-    """Per question its :class:`Source` from the ``context``, ``source_title`` and ``source_id``
-    columns (``None`` where all are empty). The file was already validated by
-    :func:`~pipeline.questions.load_questions`; only the two extra columns are read here."""
-    extra: dict[str, dict[str, str]] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        cols = {c: header.index(c) for c in ("source_title", "source_id") if c in header}
-        if cols:
-            for cells in reader:
-                if len(cells) == len(header):
-                    extra[cells[header.index("id")]] = {c: cells[i].strip() for c, i in cols.items()}
-    out: list[Source | None] = []
-    for q in questions:
-        e = extra.get(q.id, {})
-        src = Source(shingles=shingles(q.context) if q.context else None,
-                     title=_norm_title(e["source_title"]) if e.get("source_title") else None,
-                     doc_id=e.get("source_id") or None)
-        out.append(src if (src.shingles or src.title or src.doc_id) else None)
-    return out
 
 
 # ---------------------------------------------------------------- helpers
