@@ -20,7 +20,7 @@ from benchmarks.common import REPO
 def main() -> int:
     from pipeline.questions import load_questions
     from pipeline.readers.multiple_choice import MultipleChoiceReader
-    from pipeline.training.loop import load_model
+    from pipeline.training.model import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", default=str(REPO / "runs" / "split" / "valid.csv"),

@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.training.loop import restack
+    from pipeline.training.stacker import restack
 
     args = parser().parse_args(argv)
     setup_logging(args.verbose)

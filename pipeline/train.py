@@ -17,7 +17,8 @@ from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES
 from pipeline.retrieval.retriever import QUERY_MODES
 from pipeline.readers.stacking import CONTEXT_FEATURES
-from pipeline.training.loop import LAST_DIR, SELECT_BY, TrainConfig, resume_config, train
+from pipeline.training.config import LAST_DIR, SELECT_BY, TrainConfig, resume_config
+from pipeline.training.loop import train
 
 EXAMPLES = """\
 examples:

@@ -176,7 +176,9 @@ def test_training_batches_are_predicts_encoding(tiny_bert, train_csv, tmp_path, 
     import pipeline.readers.multiple_choice
     from pipeline.questions import load_questions
     from pipeline.readers.multiple_choice import MultipleChoiceReader
-    from pipeline.training.loop import TrainConfig, epoch_plan, load_model, make_batch, train
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.loop import epoch_plan, make_batch, train
+    from pipeline.training.model import load_model
 
     calls = []
     real = pipeline.readers.encoding.encode_question
@@ -236,7 +238,8 @@ def test_training_batches_are_predicts_encoding(tiny_bert, train_csv, tmp_path, 
 def test_pooler_identity_for_sentence_transformers(minilm_path):
     import torch
 
-    from pipeline.training.loop import AUTO_MEAN, TrainConfig, load_model, lr_factor, param_groups
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.model import AUTO_MEAN, load_model, lr_factor, param_groups
 
     model, _, name = load_model("minilm")  # auto: a sentence-transformers checkpoint
     assert name == "sentence-transformers/all-MiniLM-L6-v2"
@@ -261,13 +264,34 @@ def test_pooler_identity_for_sentence_transformers(minilm_path):
     assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
 
 
+def test_lr_factor_is_transformers_schedule_but_for_warmup():
+    """Why the loop keeps its own schedule: after warmup ``lr_factor`` is exactly
+    ``transformers.get_scheduler`` (cosine or linear), but its warmup is one step ahead
+    (``(s + 1) / warmup``: the first step learns; transformers' first step has lr 0)."""
+    import torch
+    from transformers import get_scheduler
+
+    from pipeline.training.model import lr_factor
+
+    for schedule in ("cosine", "linear"):
+        for total, warmup in ((100, 10), (37, 3), (20, 0)):
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            hf = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=total)
+            theirs = [hf.lr_lambdas[0](s) for s in range(total)]
+            ours = [lr_factor(s, total, warmup, schedule) for s in range(total)]
+            assert ours[warmup:] == pytest.approx(theirs[warmup:], abs=1e-12)
+            assert ours[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+            assert theirs[:warmup] == pytest.approx([s / warmup for s in range(warmup)])
+
+
 @pytest.mark.slow
 def test_minilm_learns_on_real_questions(tmp_path):
     """The user's report: MiniLM sat at ln 5 = 1.609 for 350+ steps. With the defaults it learns.
 
     In-process (no subprocess timeout): 200 steps take 10-30 minutes on a shared 2-core CPU.
     """
-    from pipeline.training.loop import TrainConfig, train
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.loop import train
 
     src = SHARED / "stem_1k.csv"
     if not src.is_file():
@@ -372,7 +396,7 @@ def test_collapse_is_told_apart_from_no_learning_and_from_learning():
 
 def test_focus_saved_with_the_reader_and_used_by_predict(tiny_bert, train_csv, tiny_index,
                                                          easy_questions, tmp_path):
-    from pipeline.training.loop import _known_fields
+    from pipeline.training.config import _known_fields
 
     out = tmp_path / "reader"
     res = run_cli("train", train_csv, "--index", tiny_index, "--model", tiny_bert, "--out", out,
@@ -401,7 +425,7 @@ def test_focus_saved_with_the_reader_and_used_by_predict(tiny_bert, train_csv, t
 
 def test_split_holdout_is_seeded_disjoint_and_bounded():
     from pipeline.questions import Question
-    from pipeline.training.loop import holdout_size, split_holdout
+    from pipeline.training.data import holdout_size, split_holdout
 
     qs = [Question(f"q{i}", "p", ("a", "b", "c", "d", "e"), "A", None, i + 1) for i in range(300)]
     train, held = split_holdout(qs, 0.1, seed=3)
