@@ -45,11 +45,11 @@ import numpy as np
 from pipeline.answering.predictor import PredictConfig, score_options
 from pipeline.retrieval.setup import open_embedder, reader_retrieval
 from pipeline.errors import OpenbookError
+from pipeline.fileio import check_output_dir, check_parent_writable, publish_dir
 from pipeline.retrieval.focus import focus_contexts
-from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, rank_letters
+from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, margins, rank_letters
 from pipeline.questions import LETTERS, load_questions
-from pipeline.reporting.sources import (Source, is_source, load_sources, shingles,  # noqa: F401
-                                        source_rank, source_rule)  # (Source ... re-exported)
+from pipeline.reporting.sources import load_sources, source_rank, source_rule
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
 from pipeline.index.store import load_index
 
@@ -138,41 +138,18 @@ def context_steps(top_k: int, max_contexts: int) -> list[int]:
     return sorted({top_k, *(k for k in CONTEXT_STEPS if k <= max_contexts)})
 
 
-def margins(scores: np.ndarray) -> np.ndarray:
-    """Top score minus the second, per row of ``(n, 5)`` scores -> ``(n,)``."""
-    s = np.sort(np.asarray(scores, dtype=np.float64), axis=1)
-    return s[:, -1] - s[:, -2]
-
-
 def _rounded(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an existing non-empty ``--out`` without ``overwrite``, and a file; before any work."""
-    if out.exists() and not out.is_dir():
-        raise OpenbookError(f"--out {out} is a file; give a folder for the report, e.g. "
-                            f"{out.with_suffix('')}_report")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OpenbookError(f"--out {out} already holds files; pass --overwrite to replace the "
-                            "folder (the old one stays until the new report is complete), or "
-                            "choose another --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OpenbookError(f"--out {out}: cannot create {out.parent} ({e.strerror}); "
-                            "choose another --out") from e
-    if not os.access(out.parent, os.W_OK):
-        raise OpenbookError(f"--out {out}: folder {out.parent} is not writable; choose another --out")
-
-
-def publish_dir(partial: Path, out: Path) -> None:
-    """Rename the complete ``partial`` folder to ``out``; an old ``out`` is removed only after."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
+    check_output_dir(
+        out, overwrite,
+        is_file=f"--out {out} is a file; give a folder for the report, e.g. {out.with_suffix('')}_report",
+        not_empty=f"--out {out} already holds files; pass --overwrite to replace the folder (the old "
+                  "one stays until the new report is complete), or choose another --out")
+    check_parent_writable(out)
 
 
 # ---------------------------------------------------------------- the run

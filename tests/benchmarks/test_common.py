@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-from pathlib import Path
 
 import numpy as np
 import pytest
