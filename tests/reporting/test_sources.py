@@ -30,7 +30,8 @@ def test_the_rule_is_word_trigrams_at_one_half_and_says_so():
     rule = source_rule()
     assert "`source_id`" in rule and "`source_title`" in rule and "`context`" in rule
     assert "50%" in rule and "3-grams" in rule
-    assert evaluation.source_rule is source_rule and evaluation.is_source is is_source  # one copy
+    assert evaluation.source_rule is source_rule and evaluation.source_rank is sources.source_rank  # one copy
+    assert not any(name in vars(evaluation) for name in ("shingles", "MATCH_THRESHOLD"))  # no second rule
 
 
 # ---------------------------------------------------------------- by id
