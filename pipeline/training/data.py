@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any, Sequence
@@ -102,14 +101,6 @@ def held_out_splits(cfg: TrainConfig, out: Path, train_qs: list[Question],
 
 
 # ---------------------------------------------------------------- contexts
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: str,
                   write_cache: bool = True):
     """``({split: [context, ...]}, retrieval settings)``, cached in ``OUT/contexts.jsonl``
@@ -159,6 +150,6 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
         rows += [{"split": name, "id": q.id, "passages": c.passage_ids, "context": c.joined()}
                  for q, c in zip(qs, ctx)]
     if write_cache:
-        _write_jsonl(cache, rows)
+        write_text_atomic(cache, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     del embedder
     return got, settings
