@@ -351,13 +351,19 @@ class CausalLMReader:
             cache.batch_repeat_interleave(k)
             c_ids = torch.full((b * k, tail), self.pad_id, dtype=torch.long)
             c_mask = torch.zeros((b * k, tail), dtype=torch.long)
+            c_next = torch.zeros((b * k, tail), dtype=torch.long)  # the token each position predicts
             for r, cs in enumerate(conts):  # right padding after the shared prefix
                 for j, c in enumerate(cs):
                     if len(c) > 1:
-                        c_ids[r * k + j, :len(c) - 1], c_mask[r * k + j, :len(c) - 1] = torch.tensor(c[:-1]), 1
+                        row, n = r * k + j, len(c) - 1
+                        c_ids[row, :n], c_mask[row, :n] = torch.tensor(c[:-1]), 1
+                        c_next[row, :n] = torch.tensor(c[1:])
             c_pos = mask.sum(-1).repeat_interleave(k)[:, None] + torch.arange(tail)[None]
             full_mask = torch.cat([mask.repeat_interleave(k, dim=0), c_mask], dim=1)
-            rest = torch.log_softmax(self._forward(c_ids, full_mask, c_pos, cache), -1)
+            logits = self._forward(c_ids, full_mask, c_pos, cache)  # (b*k, tail, vocab)
+            c_next = c_next.to(logits.device)
+            rest = logits.gather(-1, c_next[..., None])[..., 0] - torch.logsumexp(logits, -1)
+            del logits
         first, rest = first.cpu(), rest.cpu() if rest is not None else None
         out = []
         for r, cs in enumerate(conts):
@@ -367,7 +373,8 @@ class CausalLMReader:
                     row.append(np.zeros(0, dtype=np.float32))
                     continue
                 vals = [float(first[r, c[0]])]
-                vals += [float(rest[r * k + j, t - 1, c[t]]) for t in range(1, len(c))]
+                if len(c) > 1:
+                    vals += rest[r * k + j, :len(c) - 1].tolist()
                 row.append(np.asarray(vals, dtype=np.float32))
             out.append(row)
         return out
