@@ -5,5 +5,5 @@ Each is a module, run from the repository root::
     python -m benchmarks.quality --help
 
 What several of them share is in :mod:`benchmarks.common`; whether a retrieved passage is a
-question's source is decided by :mod:`pipeline.reporting.sources`, as in ``pipeline.evaluate``.
+question's source is decided by :mod:`pipeline.retrieval.sources`, as in ``pipeline.evaluate``.
 """

@@ -15,7 +15,7 @@ MAP@3 / accuracy@1 / seconds per question of
 
 and recall@1/3/5/10 of the source passage for the dense, BM25 and hybrid
 retrievers on the test split (a passage is the source by the rule of
-:mod:`pipeline.reporting.sources`, the one ``pipeline.evaluate`` uses: here its
+:mod:`pipeline.retrieval.sources`, the one ``pipeline.evaluate`` uses: here its
 haystack document, or any passage that repeats most of the question's
 ``context``). Every scorer sees the same retrieved contexts.
 Each MAP@3 comes with its standard error over the questions (``se``); with
@@ -54,7 +54,7 @@ from pipeline.index.store import load_index
 from pipeline.metrics import (accuracy_at_1, average_precisions, paired_bootstrap, rank_letters,
                               standard_error)
 from pipeline.questions import load_questions
-from pipeline.reporting.sources import Source, source_recall
+from pipeline.retrieval.sources import Source, source_recall
 from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
 log = logging.getLogger("quality")
@@ -182,7 +182,7 @@ def split_sources(questions) -> list[Source | None]:
 
 def recall_rows(test_csv: str, index: str) -> list[dict]:
     """Recall@k of each test question's source passage per retriever
-    (:func:`pipeline.reporting.sources.source_recall` of :func:`split_sources`)."""
+    (:func:`pipeline.retrieval.sources.source_recall` of :func:`split_sources`)."""
     qs = load_questions(test_csv)
     gold = split_sources(qs)
     store = load_index(index)

@@ -4,7 +4,7 @@ The haystack: every ``context`` of the question files (the passage each
 question was written from; one document each, id ``ctx-N``, no title) mixed
 among the 10,033 demo-corpus summaries (``--format demo``, ids ``demo-N``).
 A question scores a hit at k when one of its first k retrieved passages is
-its source by the rule of :mod:`pipeline.reporting.sources` (the one
+its source by the rule of :mod:`pipeline.retrieval.sources` (the one
 ``pipeline.evaluate`` uses): a passage of its own context document (contexts
 longer than a passage are chunked like any document, so any of their passages
 counts), or any passage that shares at least half of the word 3-grams of the
@@ -49,7 +49,7 @@ from pipeline.index.bm25 import add_bm25, has_bm25
 from pipeline.index.build import BuildConfig, build_index
 from pipeline.index.embedding import Embedder
 from pipeline.index.store import META_FILE, load_index
-from pipeline.reporting.sources import Source, source_recall
+from pipeline.retrieval.sources import Source, source_recall
 from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
 log = logging.getLogger("retrieval_recall")

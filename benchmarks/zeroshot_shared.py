@@ -7,7 +7,7 @@ Figures, all measured in the same run on the same questions:
 * zero-shot scorer with *retrieved* contexts (top-k from an index where the gold
   passages sit among the 10,033 demo summaries: see ``benchmarks.haystack``);
 * recall@k of the gold passage for that retrieval (a passage is the gold one by the
-  rule of :mod:`pipeline.reporting.sources`, as in ``pipeline.evaluate``: its haystack
+  rule of :mod:`pipeline.retrieval.sources`, as in ``pipeline.evaluate``: its haystack
   document, or any passage that repeats most of the question's ``context``).
 
     python -m benchmarks.haystack --out /tmp/haystack.jsonl
@@ -33,7 +33,7 @@ def main() -> int:
     from pipeline.index.chunking import with_title
     from pipeline.metrics import map_at_3, rank_letters
     from pipeline.questions import load_questions
-    from pipeline.reporting.sources import Source, source_recall
+    from pipeline.retrieval.sources import Source, source_recall
     from pipeline.retrieval.retriever import RetrievalConfig, retrieve
     from pipeline.index.store import load_index
     from pipeline.readers.zeroshot import ZeroShotScorer

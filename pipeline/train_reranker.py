@@ -11,7 +11,8 @@ from dataclasses import fields
 from typing import Sequence
 
 from pipeline.cli import add_output_args, run, setup_logging
-from pipeline.training.reranker import KS, LOSSES, RETRIEVERS, RerankerConfig, train_reranker
+from pipeline.training.reranker import LOSSES, RETRIEVERS, RerankerConfig, train_reranker
+from pipeline.training.reranker_data import KS
 
 EXAMPLES = """\
 examples:

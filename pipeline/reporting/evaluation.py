@@ -12,7 +12,7 @@ retrieval settings, including a reader's saved ones; same
 * **score margins** (top score minus the second) of right and wrong top-1 answers.
 * **recall@k of the source passage** per retriever (dense; bm25 and hybrid when
   the index has BM25), when the questions say where they come from (the rule:
-  :mod:`pipeline.reporting.sources`).
+  :mod:`pipeline.retrieval.sources`).
 
 Output (``out``, written into a temp folder beside it, renamed into place when
 complete; an existing non-empty folder is only replaced with ``overwrite``)::
@@ -49,7 +49,7 @@ from pipeline.fileio import check_output_dir, check_parent_writable, publish_dir
 from pipeline.retrieval.focus import focus_contexts
 from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, margins, rank_letters
 from pipeline.questions import LETTERS, load_questions
-from pipeline.reporting.sources import load_sources, source_rank, source_rule
+from pipeline.retrieval.sources import load_sources, source_rank, source_rule
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
 from pipeline.index.store import load_index
 

@@ -19,7 +19,7 @@ Recall@k of the source is then the share of the questions *with a known source* 
 first source passage is ranked k or better (:func:`source_rank`, :func:`source_recall`);
 questions whose source is unknown (``None``) are left out of the denominator.
 
-Example (runnable: ``python -m doctest pipeline/reporting/sources.py``)::
+Example (runnable: ``python -m doctest pipeline/retrieval/sources.py``)::
 
     >>> from pipeline.retrieval.retriever import Contexts
     >>> gold = Source.of(context="Water boils at 100 degrees Celsius at sea level.")

@@ -1,5 +1,5 @@
 """benchmarks/ is a package of modules sharing benchmarks.common: no sys.path edits, no
-cross-script imports, source recall through pipeline.reporting.sources (no models)."""
+cross-script imports, source recall through pipeline.retrieval.sources (no models)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_each_script_is_a_module_without_path_edits(path):
                     f"{path.name}:{node.lineno}: share code through benchmarks.common"
             assert not (node.module == "pipeline.metrics"
                         and any(a.name == "recall_at_k" for a in node.names)), \
-                f"{path.name}:{node.lineno}: source recall goes through pipeline.reporting.sources"
+                f"{path.name}:{node.lineno}: source recall goes through pipeline.retrieval.sources"
     doc = ast.get_docstring(tree) or ""
     assert f"benchmarks/{path.name}" not in doc, "usage lines say python -m benchmarks.NAME"
     importlib.import_module(f"benchmarks.{path.stem}")

@@ -15,7 +15,7 @@ from conftest import EASY_IDS, _sample_rows, _tiny_reader
 
 from pipeline.metrics import margins
 from pipeline.reporting.evaluation import context_steps, first_k
-from pipeline.reporting.sources import Source, is_source, shingles, source_rank
+from pipeline.retrieval.sources import Source, is_source, shingles, source_rank
 from pipeline.reporting.plots import plot_context_curve, plot_margins, plot_recall, report_markdown
 from pipeline.retrieval.retriever import Contexts
 

@@ -1,4 +1,4 @@
-"""The one rule for "this retrieved passage is the question's source" (pipeline.reporting.sources).
+"""The one rule for "this retrieved passage is the question's source" (pipeline.retrieval.sources).
 
 Pure functions, no model: each rule (id, title, text overlap at the threshold) and the
 absent source, plus recall over questions and the reading of a question file."""
@@ -11,8 +11,9 @@ import doctest
 import pytest
 
 from pipeline.questions import load_questions
-from pipeline.reporting import evaluation, sources
-from pipeline.reporting.sources import (MATCH_THRESHOLD, SHINGLE, Source, is_source, load_sources,
+from pipeline.reporting import evaluation
+from pipeline.retrieval import sources
+from pipeline.retrieval.sources import (MATCH_THRESHOLD, SHINGLE, Source, is_source, load_sources,
                                         recall_from_ranks, shingles, source_rank, source_recall,
                                         source_rule)
 from pipeline.retrieval.retriever import Contexts

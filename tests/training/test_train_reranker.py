@@ -78,7 +78,7 @@ def test_minilm_reranker_learns_to_put_the_source_first(rr_index, tmp_path):
     from pipeline.index.embedding import Embedder
     from pipeline.index.store import load_index
     from pipeline.questions import load_questions
-    from pipeline.reporting.sources import load_sources, source_rank
+    from pipeline.retrieval.sources import load_sources, source_rank
     from pipeline.retrieval.rerank import load_reranker
     from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
@@ -124,7 +124,7 @@ def test_minilm_reranker_learns_to_put_the_source_first(rr_index, tmp_path):
 # ---------------------------------------------------------------- run folder and record
 def test_run_record_lists_data_sha256_settings_and_the_mined_lists(rr_index, tiny_base, tmp_path):
     from pipeline.questions import load_questions
-    from pipeline.reporting.sources import is_source, load_sources
+    from pipeline.retrieval.sources import is_source, load_sources
 
     out = tmp_path / "run"
     rec = train_reranker(RerankerConfig(questions=[str(SAMPLE)], index=str(rr_index),
