@@ -11,7 +11,7 @@ from typing import Sequence
 
 from pipeline.cli import add_output_args, run, setup_logging
 from pipeline.reporting.evaluation import EvaluateConfig, evaluate
-from pipeline.predict import add_retrieval_and_reader_args, retrieval_config
+from pipeline.predict import add_retrieval_and_reader_args, reader_settings, retrieval_config
 from pipeline.index.store import VERIFY_MODES
 
 EXAMPLES = """\
@@ -58,8 +58,8 @@ def parser() -> argparse.ArgumentParser:
                         "source_title, source_id)")
     p.add_argument("--index", required=True, metavar="DIR", help="index built by pipeline.build_index")
     p.add_argument("--reader", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="AutoModelForMultipleChoice folder or hub name; repeat to ensemble. "
-                        "Without it: the zero-shot baseline")
+                   help="AutoModelForMultipleChoice or causal-LM folder or hub name (or a LoRA "
+                        "adapter folder); repeat to ensemble. Without it: the zero-shot baseline")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_contexts=args.max_contexts, recall_k=args.recall_k, limit=args.limit,
         plots=not args.no_plots, max_length=args.max_length, batch_size=args.batch_size,
         device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
-        verify_index=args.verify_index)
+        verify_index=args.verify_index, **reader_settings(args))
     res = evaluate(cfg)
     sys.stdout.write(f"MAP@3 = {res.map3:.4f}  accuracy@1 = {res.accuracy:.4f}  "
                      f"(n={res.n}, {res.scorer})\n")

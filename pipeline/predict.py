@@ -14,6 +14,9 @@ from pipeline.answering.budget import parse_duration
 from pipeline.cli import add_output_args, run, setup_logging
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES
+from pipeline.readers.cascade import COMBINE
+from pipeline.readers.kinds import KINDS
+from pipeline.readers.llm import PER_OPTION, SCORINGS
 from pipeline.retrieval.retriever import QUERY_MODES, RETRIEVERS, RetrievalConfig
 from pipeline.index.store import VERIFY_MODES
 
@@ -35,6 +38,18 @@ examples:
 
   # an ensemble: probabilities of several readers averaged
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --reader readers/b
+
+  # rerank the top 20 passages with a cross-encoder (python -m pipeline.train_reranker), keep 5
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/a \
+      --rerank runs/rerankers/minilm --rerank-top 20 --top-k 5
+
+  # a confidence cascade: MiniLM answers all, the 30% it is least sure of go to MPNet
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/minilm \
+      --cascade readers/mpnet --cascade-fraction 0.3
+
+  # a causal LM (or a LoRA adapter trained by pipeline.train) reads: letter scoring, 5 rotations
+  python -m pipeline.predict test.csv --index index/enwiki --reader models/mistral-7b \
+      --tta 5 --device-map auto --load-in-4bit
 """
 
 
@@ -69,17 +84,80 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
                    help="where the index's embedder is, if not where it was at build time; "
                         "must be the same model")
+    r.add_argument("--rerank", default=None, metavar="NAME_OR_PATH",
+                   help="cross-encoder that reorders the first --rerank-top passages before the "
+                        "best --top-k are kept: a folder from pipeline.train_reranker, another "
+                        "cross-encoder folder or an installed hub name (nothing is downloaded); "
+                        "'none' turns off a reranker saved with the reader (default: the "
+                        "reader's saved one, else none)")
+    r.add_argument("--rerank-top", type=int, default=RetrievalConfig.rerank_top, metavar="N",
+                   help="first-stage candidates per question the reranker reads "
+                        "(default: %(default)s)")
     m = p.add_argument_group("reader")
+    m.add_argument("--reader-kind", choices=KINDS, default="auto",
+                   help="mc (AutoModelForMultipleChoice) or llm (a causal LM, or a LoRA adapter "
+                        "on one); auto tells them apart from a local folder's config "
+                        "(default: %(default)s; say llm for a causal LM given by hub name)")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
     m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    g = p.add_argument_group("causal-LM readers (ignored by encoder readers)")
+    g.add_argument("--llm-scoring", choices=SCORINGS, default=None,
+                   help="letter: log-probability of the letters A-E after 'Answer:'; per-option: "
+                        "of each option's text after the question, the context+question KV cache "
+                        "reused (default: the reader's saved setting, else letter)")
+    g.add_argument("--per-option-score", choices=PER_OPTION, default=None,
+                   help="per-option scoring: mean token log-probability of the option, or of "
+                        "'yes' after a judgement cue (default: mean)")
+    g.add_argument("--tta", type=int, default=None, metavar="N",
+                   help="score N rotations of the option order (1-5) and average each option's "
+                        "probability: removes a model's preference for a position")
+    g.add_argument("--template", default=None, metavar="NAME_OR_TEXT",
+                   help="prompt template: a name (default, per-option) or text with {context}, "
+                        "{question} and {options} (see pipeline.readers.prompting)")
+    g.add_argument("--chat-template", action="store_true", default=None,
+                   help="wrap the prompt in the tokenizer's chat template")
+    g.add_argument("--device-map", default=None, metavar="MAP",
+                   help="accelerate device map, such as auto: several GPUs and CPU/disk offload")
+    g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map: memory per device, such as 0=14GiB,1=14GiB,cpu=30GiB")
+    g.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="with --device-map: where layers that fit nowhere else are offloaded")
+    g.add_argument("--load-in-4bit", action="store_true", default=None,
+                   help="4-bit weights through bitsandbytes (CUDA only)")
+    g.add_argument("--load-in-8bit", action="store_true", default=None,
+                   help="8-bit weights through bitsandbytes (CUDA only)")
+    c = p.add_argument_group("confidence cascade")
+    c.add_argument("--cascade", action="append", default=[], metavar="NAME_OR_PATH",
+                   help="a stronger reader for the questions the first scorer (the --reader(s), "
+                        "or the zero-shot baseline) is least sure of; repeat to ensemble it")
+    c.add_argument("--cascade-fraction", type=float, default=None, metavar="F",
+                   help="share of the questions sent on, smallest probability margin (best "
+                        "minus second) first (default 0.3)")
+    c.add_argument("--cascade-margin", type=float, default=None, metavar="M",
+                   help="instead: send every question whose margin is below M")
+    c.add_argument("--cascade-combine", choices=COMBINE, default="replace",
+                   help="the second stage's probabilities replace the first's, or are averaged "
+                        "with them (default: %(default)s)")
 
 
 def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
                            retriever=args.retriever, per_option=args.per_option_queries,
-                           focus=args.focus)
+                           focus=args.focus, rerank=args.rerank, rerank_top=args.rerank_top)
+
+
+def reader_settings(args: argparse.Namespace) -> dict:
+    """The reader-kind, causal-LM and cascade fields of a PredictConfig (or EvaluateConfig)."""
+    llm = {"scoring": args.llm_scoring, "per_option": args.per_option_score, "tta": args.tta,
+           "template": args.template, "use_chat_template": args.chat_template,
+           "device_map": args.device_map, "max_memory": args.max_memory,
+           "offload_folder": args.offload_folder, "load_in_4bit": args.load_in_4bit,
+           "load_in_8bit": args.load_in_8bit}
+    return {"reader_kind": args.reader_kind, "llm": {k: v for k, v in llm.items() if v is not None},
+            "cascade": args.cascade, "cascade_fraction": args.cascade_fraction,
+            "cascade_margin": args.cascade_margin, "cascade_combine": args.cascade_combine}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,8 +170,9 @@ def parser() -> argparse.ArgumentParser:
                    help="CSV with columns id,prompt,A,B,C,D,E and optionally answer")
     p.add_argument("--index", required=True, metavar="DIR", help="index built by pipeline.build_index")
     p.add_argument("--reader", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="AutoModelForMultipleChoice folder or hub name; repeat to ensemble. "
-                        "Without it: the zero-shot retrieval-similarity baseline")
+                   help="AutoModelForMultipleChoice or causal-LM folder or hub name (or a LoRA "
+                        "adapter folder); repeat to ensemble. Without it: the zero-shot "
+                        "retrieval-similarity baseline")
     p.add_argument("--out", default="submissions/submission.csv", metavar="FILE",
                    help="submission to write (default: %(default)s)")
     p.add_argument("--report", default=None, metavar="FILE",
@@ -123,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retrieval=retrieval_config(args),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
         overwrite=args.overwrite, progress=not args.no_progress, verify_index=args.verify_index,
-        time_budget=args.time_budget)
+        time_budget=args.time_budget, **reader_settings(args))
     res = predict(cfg)
     sys.stdout.write(f"wrote {cfg.out} ({len(res.ids)} questions, scorer: {res.scorer})\n")
     if res.map3 is not None:

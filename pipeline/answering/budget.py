@@ -13,6 +13,8 @@ counts from the start of ``predict`` (loading the index and models included).
 
 **Policy** (the levels, cheapest last; the guard only ever steps down):
 
+0. with a confidence cascade (``predict --cascade``): the configured scorer and its cascade
+   with ``top_k`` passages; the cascade's second stage is the first thing dropped;
 1. the configured scorer with ``top_k`` passages, then ``top_k // 2``, ...
    down to 1 passage (fewer passages = shorter reader inputs: the cost of
    a reader grows with the context length);
@@ -62,9 +64,10 @@ FIRST_CHUNK_FRACTION = 0.02
 CHUNK_FRACTION = 0.05
 MIN_CHUNK = 16
 
-CONFIGURED, ZERO_SHOT, LONGEST = "configured", "zero-shot", "longest-option"
+CASCADE, CONFIGURED, ZERO_SHOT, LONGEST = "cascade", "configured", "zero-shot", "longest-option"
 POLICY = ("answer in chunks; after each, project elapsed + s/question x questions left; if over "
-          f"{TARGET:.0%} of the budget step down: halve top_k (down to 1), then the zero-shot "
+          f"{TARGET:.0%} of the budget step down: drop the cascade's second stage (when one is "
+          "configured), halve top_k (down to 1), then the zero-shot "
           "baseline with 1 passage (when a reader is configured), and once the time is up rank "
           "the remaining questions by option length (longest first)")
 
@@ -123,26 +126,30 @@ class Level:
     """One step of the policy: which scorer, and how many passages."""
 
     top_k: int
-    scorer: str  # CONFIGURED | ZERO_SHOT | LONGEST
+    scorer: str  # CASCADE | CONFIGURED | ZERO_SHOT | LONGEST
 
     @property
     def label(self) -> str:
         if self.scorer == LONGEST:
             return "longest option (no retrieval)"
-        name = "configured scorer" if self.scorer == CONFIGURED else "zero-shot baseline"
+        name = {CASCADE: "configured scorer + cascade", CONFIGURED: "configured scorer"}.get(
+            self.scorer, "zero-shot baseline")
         return f"{name}, top_k={self.top_k}"
 
 
-def plan_levels(top_k: int, has_readers: bool) -> list[Level]:
+def plan_levels(top_k: int, has_readers: bool, has_cascade: bool = False) -> list[Level]:
     """The policy's levels for a run configured with ``top_k`` passages, best first.
 
     >>> [(lv.top_k, lv.scorer) for lv in plan_levels(5, has_readers=False)]
     [(5, 'configured'), (2, 'configured'), (1, 'configured'), (0, 'longest-option')]
+    >>> [lv.scorer for lv in plan_levels(2, has_readers=True, has_cascade=True)]
+    ['cascade', 'configured', 'configured', 'zero-shot', 'longest-option']
     """
     ks = [top_k]
     while ks[-1] > 1:
         ks.append(ks[-1] // 2)
-    levels = [Level(k, CONFIGURED) for k in ks]
+    levels = [Level(top_k, CASCADE)] if has_cascade else []
+    levels += [Level(k, CONFIGURED) for k in ks]
     if has_readers:
         levels.append(Level(min(1, top_k), ZERO_SHOT))
     levels.append(Level(0, LONGEST))
@@ -155,8 +162,9 @@ def longest_option_scores(questions: Sequence) -> np.ndarray:
                     dtype=np.float64).reshape(len(questions), -1)
 
 
-#: ``answer(questions, top_k, zero_shot) -> (contexts, scores (n, 5), scorer name, descriptions)``
-AnswerFn = Callable[[Sequence, int, bool], tuple[list, np.ndarray, str, list]]
+#: ``answer(questions, level) -> (contexts, scores (n, 5), scorer name, descriptions)``: score
+#: with ``level.top_k`` passages and ``level.scorer`` (CASCADE, CONFIGURED or ZERO_SHOT).
+AnswerFn = Callable[[Sequence, "Level"], tuple[list, np.ndarray, str, list]]
 
 
 class TimeBudget:
@@ -167,16 +175,17 @@ class TimeBudget:
         n_questions: questions to answer.
         top_k: passages per question as configured.
         has_readers: a reader is configured (else the zero-shot baseline is the scorer).
+        has_cascade: a confidence cascade is configured (its level comes first).
         batch_size: the reader's batch; the first chunk holds at least two batches.
         start: the budget's start on the guard's clock (:func:`now`).
     """
 
     def __init__(self, seconds: float, n_questions: int, *, top_k: int, has_readers: bool,
-                 batch_size: int = 8, start: float | None = None):
+                 has_cascade: bool = False, batch_size: int = 8, start: float | None = None):
         self.seconds = float(seconds)
         self.n = n_questions
         self.start = now() if start is None else start
-        self.levels = plan_levels(top_k, has_readers)
+        self.levels = plan_levels(top_k, has_readers, has_cascade)
         self.level = 0
         self.first_chunk = min(n_questions, max(MIN_CHUNK, 2 * batch_size,
                                                 math.ceil(FIRST_CHUNK_FRACTION * n_questions)))
@@ -296,13 +305,15 @@ class TimeBudget:
                     name = "longest-option fallback (time budget)"
                     desc = [{"type": "longest-option-fallback", "name": name}]
                 else:
-                    ctx, sc, name, desc = answer(qs, level.top_k, level.scorer == ZERO_SHOT)
+                    ctx, sc, name, desc = answer(qs, level)
                 self.record(done, done + len(qs), level, now() - t)
                 contexts.extend(ctx)
                 scores.append(np.asarray(sc, dtype=np.float64))
                 if name not in names:
                     names.append(name)
-                    described.extend(desc)
+                    described.extend(dict(d) for d in desc)
+                else:
+                    _add_cascade_counts(described, desc)
                 done += len(qs)
                 bar.update(len(qs))
         total = np.concatenate(scores) if scores else np.zeros((0, 5))
@@ -323,3 +334,17 @@ class TimeBudget:
             "projections": self.projections, "chunks": self.chunks,
             "elapsed_seconds": round(elapsed, 2), "within_budget": elapsed <= self.seconds,
         }
+
+
+def _add_cascade_counts(described: list[dict], desc: Sequence[dict]) -> None:
+    """Add a chunk's cascade counts and seconds to the cascade description already kept."""
+    kept = next((d for d in described if d.get("type") == "cascade"), None)
+    new = next((d for d in desc if d.get("type") == "cascade"), None)
+    if kept is None or new is None:
+        return
+    for key in ("sent", "of"):
+        kept[key] += new[key]
+    for key in ("seconds_first", "seconds_second"):
+        kept[key] = round(kept[key] + new[key], 3)
+    if new.get("max_margin_sent") is not None:
+        kept["max_margin_sent"] = max(kept.get("max_margin_sent") or 0.0, new["max_margin_sent"])

@@ -1,8 +1,10 @@
 """questions -> contexts -> option scores -> ranking -> submission (+ report).
 
 The library behind ``python -m pipeline.predict``. The scorer is one or more
-multiple-choice readers (probabilities averaged), or, with none given, the
-zero-shot baseline of :mod:`pipeline.readers.zeroshot`.
+readers (multiple-choice encoders or causal LMs; probabilities averaged), or, with
+none given, the zero-shot baseline of :mod:`pipeline.readers.zeroshot`; optionally a
+confidence cascade sends the least confident questions on to stronger readers
+(:mod:`pipeline.answering.scoring`).
 
 Example::
 
@@ -14,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -24,15 +25,17 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.index.embedding import Embedder
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_parent_writable, write_files_atomic
-from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, softmax
-from pipeline.questions import LETTERS, Question, has_answers, load_questions
+from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters
+from pipeline.questions import LETTERS, has_answers, load_questions
+from pipeline.readers.cascade import COMBINE, check_settings
+from pipeline.readers.kinds import KINDS
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
 from pipeline.retrieval.setup import open_embedder, reader_retrieval
 from pipeline.index.store import load_index
-from pipeline.answering.budget import TimeBudget, now as budget_now
+from pipeline.answering.budget import CASCADE, ZERO_SHOT, TimeBudget, now as budget_now
+from pipeline.answering.scoring import apply_stacker, check_llm_options, score_options  # noqa: F401 (apply_stacker: used by benchmarks)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,25 @@ class PredictConfig:
     progress: bool = True
     verify_index: str = "size"  # none | size (file sizes) | full (sha256 of every file)
     time_budget: float | None = None  # seconds; see pipeline.answering.budget (fewer contexts, never overrun)
+    reader_kind: str = "auto"  # auto | mc | llm (see pipeline.readers.kinds)
+    llm: dict = field(default_factory=dict)  # causal-LM options (pipeline.answering.scoring.LLM_OPTIONS)
+    cascade: list[str] = field(default_factory=list)  # second-stage readers for the unsure questions
+    cascade_fraction: float | None = None  # share sent on (default 0.3 when no margin)
+    cascade_margin: float | None = None  # or: every question with a margin below this
+    cascade_combine: str = "replace"  # or "mean" of both stages
+
+    def __post_init__(self) -> None:
+        if self.reader_kind not in KINDS:
+            raise OpenbookError(f"--reader-kind must be one of {', '.join(KINDS)}, got "
+                                f"{self.reader_kind!r}")
+        check_llm_options(self.llm)
+        check_settings(self.cascade_fraction, self.cascade_margin, self.cascade_combine)
+        if not self.cascade and (self.cascade_fraction is not None
+                                 or self.cascade_margin is not None):
+            raise OpenbookError("--cascade-fraction / --cascade-margin route questions to a "
+                                "second reader: add --cascade READER")
+        if self.cascade_combine not in COMBINE:  # pragma: no cover - check_settings says it
+            raise OpenbookError(f"--cascade-combine must be one of {', '.join(COMBINE)}")
 
     @property
     def report_path(self) -> Path:
@@ -102,84 +124,6 @@ def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str
     return buf.getvalue()
 
 
-def score_options(cfg: PredictConfig, questions: Sequence[Question], contexts: Sequence[Contexts],
-                  embedder: Embedder) -> tuple[np.ndarray, str, list[dict]]:
-    """(scores ``(n, 5)``, scorer name, scorer descriptions)."""
-    prompts = [q.prompt for q in questions]
-    options = [list(q.options) for q in questions]
-    ctx = [c.joined() for c in contexts]
-    rows = [q.row for q in questions]
-    if not cfg.readers:
-        from pipeline.readers.zeroshot import ZeroShotScorer
-
-        scorer = ZeroShotScorer(embedder)
-        log.info("no --reader given: using the %s", scorer.name)
-        return scorer.score(prompts, options, ctx, rows, progress=cfg.progress), \
-            scorer.name, [scorer.describe()]
-
-    probs, described = [], []
-    evidence: dict[str, np.ndarray] = {}  # stacker features, computed once for all readers
-    for name in cfg.readers:
-        reader = _load_reader(name, _stamp(name), cfg.device, cfg.max_length, cfg.batch_size)
-        p = reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress)
-        info = {"type": "reader", "name": name, "max_length": reader.max_length}
-        p, stacked = apply_stacker(name, p, prompts, options, ctx, embedder, evidence,
-                                   progress=cfg.progress)
-        if stacked:
-            info["stacker"] = stacked
-        probs.append(p)
-        described.append(info)
-    label = "reader " + " + ".join(cfg.readers) if len(cfg.readers) == 1 else \
-        f"ensemble of {len(cfg.readers)} readers (mean probability)"
-    return np.mean(probs, axis=0), label, described
-
-
-def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],
-                  options: Sequence[Sequence[str]], contexts: Sequence[str], embedder: Embedder,
-                  evidence: dict[str, np.ndarray] | None = None,
-                  progress: bool = False) -> tuple[np.ndarray, dict | None]:
-    """Combine reader ``name``'s probabilities ``(n, 5)`` with its stacker, if it has one.
-
-    Returns (probabilities ``(n, 5)``, the stacker's description or None when the folder has
-    no ``openbook_stack.json``). ``evidence`` caches the context features between readers.
-    """
-    from pipeline.readers.stacking import Stacker, context_features, reader_feature
-
-    stacker = Stacker.load(name)
-    if stacker is None:
-        return probs, None
-    evidence = {} if evidence is None else evidence
-    want = [f for f in stacker.features if f != "reader" and f not in evidence]
-    evidence.update(context_features(want, prompts, options, contexts, embedder, progress=progress))
-    fitted_with = stacker.info.get("embedder")
-    if fitted_with and fitted_with != embedder.name and {"dense", "consensus"} & set(stacker.features):
-        log.warning("the stacker of %s was fitted with embedder %s, this index uses %s: "
-                    "its dense/consensus features may be off", name, fitted_with, embedder.name)
-    log.info("%s: reader combined with %s", name,
-             ", ".join(f for f in stacker.features if f != "reader"))
-    scores = stacker.score({"reader": reader_feature(probs), **evidence})
-    return softmax(scores), stacker.describe()
-
-
-def _stamp(name: str) -> tuple:
-    """Modification times of a reader folder's files: a retrained reader is loaded afresh."""
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return ()
-    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
-
-
-@functools.lru_cache(maxsize=4)
-def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | None,
-                 batch_size: int):
-    """A reader loaded once per process and folder state (``--time-budget`` scores chunk by
-    chunk)."""
-    from pipeline.readers.multiple_choice import MultipleChoiceReader
-
-    return MultipleChoiceReader.from_pretrained(name, device=device, max_length=max_length,
-                                                batch_size=batch_size)
-
-
 def predict(cfg: PredictConfig) -> PredictResult:
     """Answer ``cfg.questions``; write the submission and the report."""
     t0 = time.perf_counter()
@@ -201,14 +145,16 @@ def predict(cfg: PredictConfig) -> PredictResult:
         contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
         scores, scorer, described = score_options(cfg, questions, contexts, embedder)
     else:  # chunk by chunk, with fewer contexts (or a cheaper scorer) if time runs short
-        def answer(qs, top_k, zero_shot):
-            ctx = retrieve(qs, store, embedder, replace(retrieval, top_k=top_k), progress=False)
-            sub = replace(cfg, readers=[] if zero_shot else cfg.readers, progress=False)
-            return (ctx, *score_options(sub, qs, ctx, embedder))
+        def answer(qs, level):
+            ctx = retrieve(qs, store, embedder, replace(retrieval, top_k=level.top_k),
+                           progress=False)
+            sub = replace(cfg, readers=[] if level.scorer == ZERO_SHOT else cfg.readers,
+                          progress=False)
+            return (ctx, *score_options(sub, qs, ctx, embedder, cascade=level.scorer == CASCADE))
 
         guard = TimeBudget(cfg.time_budget, len(questions), top_k=retrieval.top_k,
-                           has_readers=bool(cfg.readers), batch_size=cfg.batch_size,
-                           start=budget_start)
+                           has_readers=bool(cfg.readers), has_cascade=bool(cfg.cascade),
+                           batch_size=cfg.batch_size, start=budget_start)
         contexts, scores, scorer, described = guard.run(questions, answer, progress=cfg.progress)
     rankings = rank_letters(scores)
     ids = [q.id for q in questions]
@@ -222,6 +168,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     report = {
         "questions": str(cfg.questions), "index": str(cfg.index), "submission": str(out),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
+        "cascade": next((d for d in described if d.get("type") == "cascade"), None),
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,
         "n_questions": len(questions), "seconds": round(result.seconds, 2),
         "map@3": result.map3, "accuracy@1": result.accuracy,

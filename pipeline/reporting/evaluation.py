@@ -42,7 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.answering.predictor import PredictConfig, score_options
+from pipeline.answering.predictor import PredictConfig
+from pipeline.answering.scoring import cascade_outcome, score_options, score_readers
+from pipeline.readers import cascade as C
 from pipeline.retrieval.setup import open_embedder, reader_retrieval
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_output_dir, check_parent_writable, publish_dir
@@ -79,8 +81,15 @@ class EvaluateConfig:
     overwrite: bool = False
     progress: bool = True
     verify_index: str = "size"
+    reader_kind: str = "auto"
+    llm: dict = field(default_factory=dict)
+    cascade: list[str] = field(default_factory=list)
+    cascade_fraction: float | None = None
+    cascade_margin: float | None = None
+    cascade_combine: str = "replace"
 
     def __post_init__(self) -> None:
+        self.predict_config()  # the reader, LLM and cascade settings are checked as predict does
         if self.max_contexts < 0:
             raise OpenbookError(f"--max-contexts must be >= 0, got {self.max_contexts}")
         if not self.recall_k or any(k < 1 for k in self.recall_k):
@@ -94,7 +103,11 @@ class EvaluateConfig:
                              embedder=self.embedder, retrieval=self.retrieval,
                              max_length=self.max_length, batch_size=self.batch_size,
                              device=self.device, progress=self.progress,
-                             verify_index=self.verify_index)
+                             verify_index=self.verify_index, reader_kind=self.reader_kind,
+                             llm=dict(self.llm), cascade=list(self.cascade),
+                             cascade_fraction=self.cascade_fraction,
+                             cascade_margin=self.cascade_margin,
+                             cascade_combine=self.cascade_combine)
 
 
 @dataclass
@@ -163,9 +176,14 @@ def _retrieve_wide(questions, store, embedder, retrieval: RetrievalConfig, k_max
         ctx = retrieve(questions, store, embedder, retrieval, progress=progress)
         return ctx, ctx
     # the wide contexts are cut to each k of the curve, then focused (if asked) at that k
-    wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch, focus="none")
+    if retrieval.reranker:  # same candidates (rerank_top >= k_max): the same reranked order
+        wide = replace(retrieval, top_k=k_max, focus="none")
+        same = max(retrieval.rerank_top, k_max) == max(retrieval.rerank_top, retrieval.top_k)
+    else:
+        wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch, focus="none")
+        same = wide.fetch == retrieval.fetch
     wide_ctx = retrieve(questions, store, embedder, wide, progress=progress)
-    if wide.fetch == retrieval.fetch:
+    if same:
         return first_k_all(questions, wide_ctx, retrieval.top_k, retrieval, embedder), wide_ctx
     return retrieve(questions, store, embedder, retrieval, progress=progress), wide_ctx
 
@@ -192,16 +210,22 @@ def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps,
 
 def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
             ks: Sequence[int], progress: bool) -> tuple[dict, dict[str, list[int | None]]]:
-    """``({retriever: {"n", "recall@k": {k: r}}}, {retriever: source rank per question})``."""
+    """``({retriever: {"n", "recall@k": {k: r}}}, {retriever: source rank per question})``;
+    with a reranker, each retriever is measured without it and with it (``"dense+rerank"``)."""
     from pipeline.index.bm25 import has_bm25
 
     retrievers = ["dense"] + (["bm25", "hybrid"] if has_bm25(store.meta) else [])
+    runs = [(name, name, None) for name in retrievers]
+    if retrieval.reranker:
+        runs += [(f"{name}+rerank", name, retrieval.reranker) for name in retrievers]
     known = [i for i, s in enumerate(sources) if s is not None]
     qs = [questions[i] for i in known]
     table, ranks = {}, {}
-    for name in retrievers:
-        cfg = replace(retrieval, retriever=name, top_k=max(ks), fetch_k=None, focus="none")
-        ctx = retrieve(qs, store, embedder if name != "bm25" else None, cfg, progress=progress)
+    for name, retriever, rerank in runs:
+        cfg = replace(retrieval, retriever=retriever, top_k=max(ks), fetch_k=None, focus="none",
+                      rerank=rerank)
+        needs_embedder = retriever != "bm25" or rerank is not None
+        ctx = retrieve(qs, store, embedder if needs_embedder else None, cfg, progress=progress)
         found = [source_rank(c, sources[i]) for c, i in zip(ctx, known)]
         table[name] = {"n": len(known), "recall@k": {
             str(k): _rounded(sum(r is not None and r <= k for r in found) / len(known))
@@ -211,6 +235,31 @@ def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
             per_q[i] = r
         ranks[name] = per_q
     return table, ranks
+
+
+def _cascade_headline(pcfg: PredictConfig, questions, contexts, embedder, answers
+                      ) -> tuple[np.ndarray, str, list[dict], list[dict]]:
+    """The cascade's scores as ``predict`` gives them, plus its curve: both stages score every
+    question (timed), so MAP@3 and the projected seconds are known for each fraction sent on
+    (:func:`pipeline.readers.cascade.curve`)."""
+    t0 = time.perf_counter()
+    first, label, described = score_options(pcfg, questions, contexts, embedder, cascade=False)
+    first = C.as_probabilities(first)
+    seconds_first = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    second, second_label, second_desc = score_readers(pcfg, pcfg.cascade, questions, contexts,
+                                                      embedder)
+    second = C.as_probabilities(second)
+    seconds_second = time.perf_counter() - t1
+    sent = C.route(first, fraction=pcfg.cascade_fraction, margin=pcfg.cascade_margin)
+    final, name, info = cascade_outcome(
+        pcfg, first, second, sent, first_label=label, second_label=second_label,
+        second_desc=second_desc, seconds_first=seconds_first,
+        seconds_second=seconds_second * int(sent.sum()) / max(len(questions), 1))
+    info["seconds_second_all"] = round(seconds_second, 3)
+    curve = C.curve(first, second, answers, seconds_first=seconds_first,
+                    seconds_second=seconds_second, mode=pcfg.cascade_combine)
+    return final, name, described + [info], curve
 
 
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
@@ -234,7 +283,12 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     steps = context_steps(retrieval.top_k, cfg.max_contexts)
     contexts, wide_ctx = _retrieve_wide(questions, store, embedder, retrieval, max(steps),
                                         cfg.progress)
-    scores, scorer, described = score_options(pcfg, questions, contexts, embedder)
+    cascade_curve = None
+    if pcfg.cascade:
+        scores, scorer, described, cascade_curve = _cascade_headline(pcfg, questions, contexts,
+                                                                     embedder, answers)
+    else:
+        scores, scorer, described = score_options(pcfg, questions, contexts, embedder)
     rankings = rank_letters(scores)
     map3, acc = map_at_3(rankings, answers), accuracy_at_1(rankings, answers)
     seconds_headline = time.perf_counter() - t0
@@ -249,7 +303,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 
     marg = margins(scores)
     correct = np.array([r[0] == a for r, a in zip(rankings, answers)])
-    src_rank = ranks.get(retrieval.retriever)
+    src_rank = ranks.get(retrieval.retriever + ("+rerank" if retrieval.reranker else ""))
     rows = []
     for i, (q, r, sc, c) in enumerate(zip(questions, rankings, scores, contexts)):
         row = {"id": q.id, "answer": q.answer, "ranking": "".join(r),
@@ -269,6 +323,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,
         "map@3_vs_contexts": curve,
+        "cascade": next((d for d in described if d.get("type") == "cascade"), None),
+        "cascade_curve": cascade_curve,
         "margin": {"right_median": _rounded(np.median(marg[correct])) if correct.any() else None,
                    "wrong_median": _rounded(np.median(marg[~correct])) if (~correct).any() else None},
         "recall": recall, "source_rule": source_rule() if recall else None,
@@ -283,7 +339,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         images = {}
         if cfg.plots:
             images = plots.write_all(partial, curve=curve, top_k=retrieval.top_k, margins=marg,
-                                     correct=correct, recall=recall, scorer=scorer)
+                                     correct=correct, recall=recall, scorer=scorer,
+                                     cascade=cascade_curve)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False)
                                               + "\n", encoding="utf-8")

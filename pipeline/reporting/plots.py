@@ -35,7 +35,8 @@ RIGHT, WRONG = "#1a9850", "#d73027"
 LINE_COLORS = {"dense": "#3366cc", "bm25": "#ff9900", "hybrid": "#109618"}
 DPI = 100
 
-FILES = {"curve": "map_vs_contexts.png", "margins": "margins.png", "recall": "recall_at_k.png"}
+FILES = {"curve": "map_vs_contexts.png", "margins": "margins.png", "recall": "recall_at_k.png",
+         "cascade": "cascade.png"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -101,7 +102,9 @@ def plot_recall(recall: dict, path: Path, title: str = "") -> Path:
         label = f"{name}: " + ", ".join(f"R@{k} {r['recall@k'][str(k)]:.2f}"
                                         for k in dict.fromkeys([ks[0], *(k for k in ks if k == 5),
                                                                 ks[-1]]))
-        ax.plot(ks, vals, "o-", lw=2, color=LINE_COLORS.get(name), label=label)
+        style = "o--" if name.endswith("+rerank") else "o-"
+        ax.plot(ks, vals, style, lw=2, color=LINE_COLORS.get(name.removesuffix("+rerank")),
+                label=label)
     ax.set_xscale("log")
     ax.set_xticks(sorted(ks_all))
     ax.set_xticklabels([str(k) for k in sorted(ks_all)])
@@ -116,8 +119,24 @@ def plot_recall(recall: dict, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+def plot_cascade(rows: Sequence[dict], path: Path, title: str = "") -> Path:
+    """``rows`` of :func:`pipeline.readers.cascade.curve` (``fraction``, ``map@3``,
+    ``seconds``): MAP@3 and the projected seconds against the fraction sent on."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fr = [r["fraction"] for r in rows]
+    ax.plot(fr, [r["map@3"] for r in rows], "o-", lw=2, color="#1f77b4", label="MAP@3")
+    ax.set_xlabel("fraction of the questions sent to the second stage (least confident first)")
+    ax.set_ylabel("MAP@3", color="#1f77b4")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(fr, [r["seconds"] for r in rows], "s--", lw=1.5, color="#d62728", label="seconds")
+    ax2.set_ylabel("seconds (both stages, projected)", color="#d62728")
+    ax.set_title(title or "Confidence cascade: quality against cost", fontsize=11)
+    return _save(fig, path)
+
+
 def write_all(folder: Path, *, curve, top_k: int, margins, correct, recall: dict | None,
-              scorer: str = "") -> dict[str, str]:
+              scorer: str = "", cascade: Sequence[dict] | None = None) -> dict[str, str]:
     """Write every plot there is data for into ``folder``; ``{kind: file name}``."""
     folder = Path(folder)
     out = {}
@@ -129,6 +148,9 @@ def write_all(folder: Path, *, curve, top_k: int, margins, correct, recall: dict
     if recall:
         plot_recall(recall, folder / FILES["recall"])
         out["recall"] = FILES["recall"]
+    if cascade:
+        plot_cascade(cascade, folder / FILES["cascade"])
+        out["cascade"] = FILES["cascade"]
     return out
 
 
@@ -161,6 +183,20 @@ def report_markdown(m: dict, images: dict[str, str]) -> str:
                   "|---|" + "---|" * len(curve),
                   "| MAP@3 | " + " | ".join(_fmt(c["map@3"]) for c in curve) + " |",
                   "| accuracy@1 | " + " | ".join(_fmt(c["accuracy@1"]) for c in curve) + " |", ""]
+    if m.get("cascade_curve"):
+        c = m["cascade"]
+        lines += ["## Confidence cascade", "",
+                  f"{c['sent']} of {c['of']} questions ({c['route']}) went on to "
+                  f"{' + '.join(c['readers'])} ({c['combine']}); first stage "
+                  f"{c['seconds_first']} s, second stage on all questions "
+                  f"{c.get('seconds_second_all')} s.", ""]
+        if "cascade" in images:
+            lines += [f"![cascade: MAP@3 and seconds]({images['cascade']})", ""]
+        lines += ["| fraction sent | questions | MAP@3 | seconds |", "|---|---|---|---|"]
+        lines += [f"| {r['fraction']} | {r['sent']} | {_fmt(r['map@3'])} | {r['seconds']} |"
+                  for r in m["cascade_curve"]]
+        lines += ["", "Seconds: the first stage on every question plus the second stage's "
+                  "measured rate times the questions sent on.", ""]
     lines += ["## Score margins", ""]
     if "margins" in images:
         lines += [f"![score margins, right vs wrong]({images['margins']})", ""]

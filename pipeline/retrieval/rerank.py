@@ -47,7 +47,8 @@ import numpy as np
 from pipeline.device import pick_device
 from pipeline.errors import OpenbookError
 from pipeline.index.chunking import with_title
-from pipeline.retrieval.retriever import Contexts, make_query
+from pipeline.retrieval.contexts import Contexts
+from pipeline.retrieval.query import make_query
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +218,7 @@ class Reranker:
             s = scores[at:at + n].tolist()
             at += n
             keep = order_by_score(s)[:max(top_k, 0)]
-            rows = [c.rows[j] for j in keep] if len(c.rows) == n else list(c.rows)
-            out.append(Contexts(rows=rows, passage_ids=[c.passage_ids[j] for j in keep],
-                                titles=[c.titles[j] for j in keep],
-                                texts=[c.texts[j] for j in keep], scores=[s[j] for j in keep]))
+            out.append(c.take(keep, [s[j] for j in keep]))
         return out
 
     def describe(self) -> dict:

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
-from pipeline.index.chunking import with_title
 from pipeline.errors import OpenbookError
+from pipeline.retrieval.contexts import Contexts
 from pipeline.retrieval.focus import FOCUS_MODES, focus_contexts
 from pipeline.retrieval.query import make_query, option_queries
+from pipeline.retrieval.rerank import load_reranker, resolve_reranker
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class RetrievalConfig:
         dense_weight, bm25_weight: RRF weight of each dense / BM25 list.
         focus: ``none`` (the passages in rank order) or ``sentences`` (their sentences
             best first, see :mod:`pipeline.retrieval.focus`); needs the embedder.
+        rerank: a cross-encoder (folder or installed hub name, see
+            :mod:`pipeline.retrieval.rerank`) that reorders the first ``rerank_top``
+            candidates before the best ``top_k`` are kept; ``None``: no reranking, and
+            ``"none"`` says so explicitly (a trained reader's saved reranker is not applied).
+        rerank_top: first-stage candidates per question the reranker reads.
     """
 
     top_k: int = 5
@@ -84,6 +90,8 @@ class RetrievalConfig:
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     focus: str = "none"
+    rerank: str | None = None
+    rerank_top: int = 20
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -102,6 +110,15 @@ class RetrievalConfig:
             raise OpenbookError(f"--focus must be one of {', '.join(FOCUS_MODES)}, got {self.focus!r}")
         if self.fetch_k is not None and self.fetch_k < 1:
             raise OpenbookError(f"fetch_k must be >= 1, got {self.fetch_k}")
+        if self.rerank_top < 1:
+            raise OpenbookError(f"--rerank-top must be >= 1, got {self.rerank_top}")
+        if self.rerank is not None and not str(self.rerank).strip():
+            raise OpenbookError("--rerank needs a cross-encoder folder or installed model name")
+
+    @property
+    def reranker(self) -> str | None:
+        """The reranker to apply, or None (``rerank`` unset or ``"none"``)."""
+        return None if self.rerank is None or self.rerank.lower() == "none" else self.rerank
 
     @property
     def fetch(self) -> int:
@@ -117,29 +134,12 @@ class RetrievalConfig:
 
         if self.retriever in ("bm25", "hybrid") and not has_bm25(meta):
             raise Bm25MissingError(f"--retriever {self.retriever}: " + missing_message(index))
+        if self.reranker:
+            resolve_reranker(self.reranker)  # a missing or wrong folder fails before any work
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Contexts:
-    """The passages retrieved for one question, best first."""
-
-    rows: list[int] = field(default_factory=list)
-    passage_ids: list[str] = field(default_factory=list)
-    titles: list[str] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    focused: str | None = None  # set by focus="sentences": the passages' best sentences
-
-    def joined(self, sep: str = "\n") -> str:
-        """The reader's context: the focused sentences when set, else the passages (title
-        first) joined in rank order."""
-        if self.focused is not None:
-            return self.focused
-        return sep.join(with_title(t, x) for t, x in zip(self.titles, self.texts))
 
 
 def make_queries(prompt: str, options: Sequence[str], config: RetrievalConfig) -> list[str]:
@@ -214,15 +214,37 @@ def _ranked_lists(questions: Sequence, store, embedder, config: RetrievalConfig,
 
 
 def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = RetrievalConfig(),
-             *, progress: bool = True) -> list[Contexts]:
+             *, progress: bool = True, device: str | None = None) -> list[Contexts]:
     """Top passages for each question (anything with ``prompt`` and ``options``).
 
+    The first stage (dense, BM25 or hybrid) finds ``top_k`` passages, or ``rerank_top``
+    candidates that ``config.rerank``'s cross-encoder reorders before the best ``top_k`` are
+    kept (on ``device``, default the embedder's); sentence focus comes last.
     ``embedder`` may be ``None`` when the retriever is ``bm25`` and there is no focus. Raises
-    :class:`~pipeline.index.bm25.Bm25MissingError` if BM25 is asked of an index without it.
+    :class:`~pipeline.index.bm25.Bm25MissingError` if BM25 is asked of an index without it,
+    :class:`~pipeline.retrieval.rerank.RerankerError` for a reranker that is not one.
     """
     config = config.resolved(store.meta, str(store.path))
     if config.top_k == 0 or len(questions) == 0:
         return [Contexts() for _ in questions]
+    if config.reranker:
+        reranker = load_reranker(config.reranker, device or getattr(embedder, "device", None))
+        first = replace(config, top_k=max(config.rerank_top, config.top_k), rerank=None,
+                        focus="none")
+        out = reranker.rerank(questions, first_stage(questions, store, embedder, first,
+                                                     progress=progress),
+                              config.top_k, progress=progress)
+    else:
+        out = first_stage(questions, store, embedder, config, progress=progress)
+    if config.focus == "sentences":
+        focus_contexts(questions, out, embedder, progress=progress)
+    return out
+
+
+def first_stage(questions: Sequence, store, embedder, config: RetrievalConfig, *,
+                progress: bool = True) -> list[Contexts]:
+    """The ``config.top_k`` best passages of each question by the first-stage retriever, text
+    duplicates dropped (no reranking, no focus)."""
     fetch = config.fetch
     ranked: list[list[tuple[int, float]]] = []
     for lists in _ranked_lists(questions, store, embedder, config, progress=progress):
@@ -252,6 +274,4 @@ def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = Ret
             if len(ctx.rows) == config.top_k:
                 break
         out.append(ctx)
-    if config.focus == "sentences":
-        focus_contexts(questions, out, embedder, progress=progress)
     return out

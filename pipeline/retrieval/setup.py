@@ -49,7 +49,7 @@ def open_embedder(store: IndexStore, requested: str | None, device: str | None) 
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
-READER_RETRIEVAL_KEYS = ("top_k", "query", "focus")
+READER_RETRIEVAL_KEYS = ("top_k", "query", "focus", "rerank", "rerank_top")
 
 
 def reader_retrieval(cfg) -> RetrievalConfig:
@@ -71,7 +71,7 @@ def reader_retrieval(cfg) -> RetrievalConfig:
         taken = {k: saved[k] for k in READER_RETRIEVAL_KEYS if saved.get(k) is not None
                  and getattr(cfg.retrieval, k) == getattr(default, k)}
         if taken:
-            log.info("retrieval settings from %s: %s (--top-k/--query/--focus override them)",
+            log.info("retrieval settings from %s: %s (--top-k/--query/--focus/--rerank override them)",
                      record.path, taken)
         return replace(cfg.retrieval, **taken)
     return cfg.retrieval

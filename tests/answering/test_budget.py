@@ -72,11 +72,13 @@ def _questions(n: int) -> list[Question]:
 def _simulate(n, seconds, top_k, clock, cost=lambda k, zs: 1.0 * max(k, 1), readers=False):
     """Run the guard with an answer function that costs ``cost(top_k, zero_shot)`` fake
     seconds per question; return (guard, contexts, scores, scorer)."""
+    from pipeline.answering.budget import ZERO_SHOT
     from pipeline.retrieval.retriever import Contexts
 
     calls = []
 
-    def answer(qs, k, zero_shot):
+    def answer(qs, level):
+        k, zero_shot = level.top_k, level.scorer == ZERO_SHOT
         calls.append((len(qs), k, zero_shot))
         clock.t += cost(k, zero_shot) * len(qs)
         ctx = [Contexts(passage_ids=[f"p{j}" for j in range(k)]) for _ in qs]
