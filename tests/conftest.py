@@ -160,3 +160,20 @@ def _tiny_reader(kind: str, folder: Path, minilm_path: str) -> Path:
     AutoModelForMultipleChoice.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, minilm_path) -> str:
+    """A tiny random one-output BertForSequenceClassification (a cross-encoder) with the MiniLM
+    tokenizer: a reranker whose scores are arbitrary but deterministic and well separated."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ce") / "tiny-ce"
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, num_labels=1,
+                        initializer_range=0.5)  # wide init: well-separated scores
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)

@@ -229,3 +229,32 @@ def test_cli_bad_time_budget(small_index, tmp_path):
     assert res.returncode == 2
     assert "--time-budget" in res.stderr and "'9hours' is not a duration" in res.stderr
     assert not out.exists()
+
+
+def test_the_cascade_is_the_first_thing_dropped(clock):
+    """A cascade that costs 6 s/question on top of a 1 s/question reader: over budget, the
+    guard keeps the reader at full top_k and drops only the second stage."""
+    from pipeline.answering.budget import CASCADE, ZERO_SHOT
+
+    assert [lv.scorer for lv in plan_levels(4, has_readers=True, has_cascade=True)][:2] == \
+        [CASCADE, "configured"]
+    calls = []
+
+    def answer(qs, level):
+        calls.append((len(qs), level.top_k, level.scorer))
+        clock.t += (7.0 if level.scorer == CASCADE else 0.5 if level.scorer == ZERO_SHOT
+                    else 1.0) * len(qs)
+        desc = [{"type": "reader"}]
+        if level.scorer == CASCADE:
+            desc.append({"type": "cascade", "sent": len(qs) // 4, "of": len(qs),
+                         "seconds_first": 1.0, "seconds_second": 6.0, "max_margin_sent": 0.1})
+        return [None] * len(qs), np.zeros((len(qs), 5)), \
+            "reader + cascade" if level.scorer == CASCADE else "reader", desc
+
+    guard = TimeBudget(250, 100, top_k=4, has_readers=True, has_cascade=True, batch_size=8)
+    _, scores, scorer, described = guard.run(_questions(100), answer, progress=False)
+    assert calls[0] == (16, 4, CASCADE)
+    assert all(k == 4 and s == "configured" for _, k, s in calls[1:]), calls
+    assert scores.shape == (100, 5) and guard.report()["within_budget"] is True
+    assert guard.report()["steps"][0]["to"] == "configured scorer, top_k=4"
+    assert [d for d in described if d["type"] == "cascade"][0]["of"] == 16

@@ -77,21 +77,6 @@ def test_order_by_score_is_stable():
 
 
 # ---------------------------------------------------------------- a real (tiny) cross-encoder
-@pytest.fixture(scope="module")
-def tiny_cross_encoder(tmp_path_factory, minilm_path) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ce") / "tiny-ce"
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, num_labels=1,
-                        initializer_range=0.5)  # wide init: well-separated scores
-    BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
-
-
 def test_real_cross_encoder_reorders_by_its_own_logits(tiny_cross_encoder):
     import torch
 
