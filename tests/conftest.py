@@ -27,6 +27,20 @@ def run_cli(module: str, *args: str, cwd: Path | None = None) -> subprocess.Comp
                           cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+def predict_report(questions, index, out: Path, *args: str) -> dict:
+    """Run ``predict`` (must succeed) and return its JSON report."""
+    res = run_cli("predict", questions, "--index", index, "--out", out, "--no-progress", *args)
+    assert res.returncode == 0, res.stderr
+    return json.loads(out.with_name(out.stem + ".report.json").read_text())
+
+
+def report_scores(report: dict):
+    """The option scores of a predict report: array ``(n_questions, 5)``."""
+    import numpy as np
+
+    return np.array([[q["scores"][L] for L in "ABCDE"] for q in report["per_question"]])
+
+
 def popen_cli(module: str, *args) -> subprocess.Popen:
     """Start ``python -m pipeline.<module>`` without waiting (its pid is the builder's pid).
 

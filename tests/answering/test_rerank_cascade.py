@@ -16,12 +16,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import EASY_IDS, _tiny_reader, run_cli
+from conftest import EASY_IDS, _tiny_reader, predict_report, report_scores, run_cli
 from pipeline.index.chunking import with_title
 from pipeline.index.embedding import Embedder
 from pipeline.index.store import load_index
 from pipeline.metrics import margins, softmax
-from pipeline.questions import LETTERS, load_questions
+from pipeline.questions import load_questions
 from pipeline.retrieval.query import make_query
 from pipeline.retrieval.rerank import load_reranker, order_by_score
 from pipeline.retrieval.retriever import RetrievalConfig, first_stage, retrieve
@@ -33,14 +33,7 @@ def deberta(tmp_path_factory, minilm_path) -> str:
 
 
 def _predict(questions, index, out, *args) -> dict:
-    res = run_cli("predict", questions, "--index", index, "--out", out, "--no-progress",
-                  "--max-length", "96", *args)
-    assert res.returncode == 0, res.stderr
-    return json.loads(out.with_name(out.stem + ".report.json").read_text())
-
-
-def _scores(report: dict) -> np.ndarray:
-    return np.array([[q["scores"][L] for L in LETTERS] for q in report["per_question"]])
+    return predict_report(questions, index, out, "--max-length", "96", *args)
 
 
 def test_retrieve_keeps_the_cross_encoders_best_of_the_first_stage(tiny_index, easy_questions,
@@ -120,22 +113,22 @@ def test_a_reader_folder_given_as_reranker_is_refused(tiny_index, easy_questions
 
 def test_cascade_sends_the_least_confident_questions_to_the_second_reader(
         tiny_index, easy_questions, deberta, tmp_path):
-    first = softmax(_scores(_predict(easy_questions, tiny_index, tmp_path / "zs.csv")))
-    second = _scores(_predict(easy_questions, tiny_index, tmp_path / "rd.csv", "--reader",
+    first = softmax(report_scores(_predict(easy_questions, tiny_index, tmp_path / "zs.csv")))
+    second = report_scores(_predict(easy_questions, tiny_index, tmp_path / "rd.csv", "--reader",
                               deberta))
     rep = _predict(easy_questions, tiny_index, tmp_path / "c.csv", "--cascade", deberta,
                    "--cascade-fraction", "0.4")
     n_sent = math.ceil(0.4 * len(EASY_IDS))
     sent = np.zeros(len(EASY_IDS), bool)
     sent[np.argsort(margins(first), kind="stable")[:n_sent]] = True
-    got = _scores(rep)
+    got = report_scores(rep)
     assert got[sent] == pytest.approx(second[sent], abs=2e-4)
     assert got[~sent] == pytest.approx(first[~sent], abs=2e-4)
     c = rep["cascade"]
     assert c["sent"] == n_sent and c["of"] == len(EASY_IDS) and c["readers"] == [deberta]
     assert c["seconds_second"] > 0 and "cascade to" in rep["scorer"]
 
-    mean = _scores(_predict(easy_questions, tiny_index, tmp_path / "m.csv", "--cascade", deberta,
+    mean = report_scores(_predict(easy_questions, tiny_index, tmp_path / "m.csv", "--cascade", deberta,
                             "--cascade-margin", "1.0", "--cascade-combine", "mean"))
     assert mean == pytest.approx((first + second) / 2, abs=2e-4)  # every margin is below 1
 

@@ -15,11 +15,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import _tiny_reader, run_cli
+from conftest import _tiny_reader, predict_report, report_scores, run_cli
 from llm_fixtures import make_tokenizer, save_tiny_lm
 from pipeline.index.embedding import Embedder
 from pipeline.index.store import load_index
-from pipeline.questions import LETTERS, load_questions
+from pipeline.questions import load_questions
 from pipeline.readers.llm import CausalLMReader
 from pipeline.retrieval.retriever import RetrievalConfig, retrieve
 
@@ -31,14 +31,7 @@ def llm(tmp_path_factory) -> str:
 
 
 def _predict(questions, index, out, *args) -> dict:
-    res = run_cli("predict", questions, "--index", index, "--out", out, "--no-progress",
-                  "--top-k", "2", *args)
-    assert res.returncode == 0, res.stderr
-    return json.loads(out.with_name(out.stem + ".report.json").read_text())
-
-
-def _scores(report: dict) -> np.ndarray:
-    return np.array([[q["scores"][L] for L in LETTERS] for q in report["per_question"]])
+    return predict_report(questions, index, out, "--top-k", "2", *args)
 
 
 def test_predict_with_a_causal_lm_reader_and_an_ensemble(tiny_index, easy_questions, llm,
@@ -47,7 +40,7 @@ def test_predict_with_a_causal_lm_reader_and_an_ensemble(tiny_index, easy_questi
                    "--max-length", "256")
     info = rep["scorers"][0]
     assert info["kind"] == "llm" and info["scoring"] == "letter" and info["tta"] == 1
-    got = _scores(rep)
+    got = report_scores(rep)
     assert got.sum(axis=1) == pytest.approx(1.0, abs=1e-3)
 
     store = load_index(tiny_index)
@@ -61,17 +54,17 @@ def test_predict_with_a_causal_lm_reader_and_an_ensemble(tiny_index, easy_questi
     assert len({tuple(r.argsort()) for r in got}) > 1 or np.ptp(got) > 1e-3  # not constant
 
     encoder = str(_tiny_reader("deberta-v2", tmp_path / "deberta", minilm_path))
-    enc = _scores(_predict(easy_questions, tiny_index, tmp_path / "enc.csv", "--reader", encoder,
+    enc = report_scores(_predict(easy_questions, tiny_index, tmp_path / "enc.csv", "--reader", encoder,
                            "--max-length", "256"))
     both = _predict(easy_questions, tiny_index, tmp_path / "both.csv", "--reader", llm,
                     "--reader", encoder, "--max-length", "256")
     assert [s.get("kind") for s in both["scorers"]] == ["llm", None]
-    assert _scores(both) == pytest.approx((got + enc) / 2, abs=2e-5)
+    assert report_scores(both) == pytest.approx((got + enc) / 2, abs=2e-5)
 
     tta = _predict(easy_questions, tiny_index, tmp_path / "tta.csv", "--reader", llm,
                    "--max-length", "256", "--tta", "5")
     assert tta["scorers"][0]["tta"] == 5
-    assert not np.allclose(_scores(tta), got, atol=1e-4)
+    assert not np.allclose(report_scores(tta), got, atol=1e-4)
 
 
 def test_evaluate_with_a_causal_lm_reader(tiny_index, easy_questions, llm, tmp_path):
