@@ -120,6 +120,14 @@ class RetrievalConfig:
         """The reranker to apply, or None (``rerank`` unset or ``"none"``)."""
         return None if self.rerank is None or self.rerank.lower() == "none" else self.rerank
 
+    def candidates(self) -> "RetrievalConfig":
+        """The first stage's settings: ``rerank_top`` (at least ``top_k``) passages for the
+        reranker when there is one, else ``top_k``; no focus (it comes after)."""
+        if self.reranker:
+            return replace(self, top_k=max(self.rerank_top, self.top_k), rerank=None,
+                           focus="none")
+        return replace(self, focus="none")
+
     @property
     def fetch(self) -> int:
         return max(self.top_k, self.fetch_k or max(3 * self.top_k, 30))
@@ -219,7 +227,7 @@ def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = Ret
 
     The first stage (dense, BM25 or hybrid) finds ``top_k`` passages, or ``rerank_top``
     candidates that ``config.rerank``'s cross-encoder reorders before the best ``top_k`` are
-    kept (on ``device``, default the embedder's); sentence focus comes last.
+    kept (on ``device``, default the embedder's); sentence focus comes last (:func:`finish`).
     ``embedder`` may be ``None`` when the retriever is ``bm25`` and there is no focus. Raises
     :class:`~pipeline.index.bm25.Bm25MissingError` if BM25 is asked of an index without it,
     :class:`~pipeline.retrieval.rerank.RerankerError` for a reranker that is not one.
@@ -227,15 +235,19 @@ def retrieve(questions: Sequence, store, embedder, config: RetrievalConfig = Ret
     config = config.resolved(store.meta, str(store.path))
     if config.top_k == 0 or len(questions) == 0:
         return [Contexts() for _ in questions]
+    candidates = first_stage(questions, store, embedder, config.candidates(), progress=progress)
+    return finish(questions, candidates, embedder, config, progress=progress, device=device)
+
+
+def finish(questions: Sequence, candidates: list[Contexts], embedder, config: RetrievalConfig,
+           *, progress: bool = True, device: str | None = None) -> list[Contexts]:
+    """The stages after the first: ``config.rerank``'s cross-encoder keeps the best ``top_k``
+    of each question's ``candidates`` (as :meth:`RetrievalConfig.candidates` fetched them),
+    then sentence focus with ``embedder``."""
+    out = candidates
     if config.reranker:
         reranker = load_reranker(config.reranker, device or getattr(embedder, "device", None))
-        first = replace(config, top_k=max(config.rerank_top, config.top_k), rerank=None,
-                        focus="none")
-        out = reranker.rerank(questions, first_stage(questions, store, embedder, first,
-                                                     progress=progress),
-                              config.top_k, progress=progress)
-    else:
-        out = first_stage(questions, store, embedder, config, progress=progress)
+        out = reranker.rerank(questions, candidates, config.top_k, progress=progress)
     if config.focus == "sentences":
         focus_contexts(questions, out, embedder, progress=progress)
     return out
