@@ -4,6 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
+# Where pip gets torch: empty = pip's own index (PyPI, or the local wheels a machine is set up
+# with). On a stock Linux machine PyPI's torch is the CUDA build (several GB): TORCH_INDEX=cpu
+# takes the CPU build from PyTorch's index, TORCH_INDEX=cu126 (cu128, ...) a CUDA one; a URL works too.
+TORCH_INDEX ?=
+TORCH_INDEX_URL := $(if $(findstring ://,$(TORCH_INDEX)),$(TORCH_INDEX),$(if $(TORCH_INDEX),https://download.pytorch.org/whl/$(TORCH_INDEX)))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -19,8 +24,8 @@ help:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# CPU build of torch first (pinned): a bare 'torch' would pull several GB of CUDA.
-	$(PY) -m pip install --quiet $(TORCH)
+	# torch first, pinned (and from TORCH_INDEX when set): a bare 'torch' would pull several GB of CUDA.
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH)
 	$(PY) -m pip install --quiet -e ".[demo,test]"
 	touch $(STAMP)
 
