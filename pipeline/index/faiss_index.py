@@ -165,15 +165,69 @@ def train(index, sample: np.ndarray) -> None:
 
 
 def set_nprobe(index, nprobe: int | None) -> None:
-    """Set IVF search breadth (ignored for flat indexes)."""
+    """Set the IVF lists searched per query, on a CPU or a GPU index; a no-op without IVF.
+
+    Goes through faiss's parameter spaces, as its auto-tuning does:
+    ``ParameterSpace`` on CPU indexes, ``GpuParameterSpace`` when a GPU index is
+    involved (a ``GpuIndexIVF*`` is no ``IndexIVF``, so ``extract_index_ivf``
+    cannot reach it); both walk ``IndexPreTransform`` (OPQ) and multi-GPU
+    ``IndexReplicas``/``IndexShards``. The value is read back from every IVF part:
+    an nprobe that cannot be set raises :class:`OpenbookError`, never passes silently.
+    """
     if nprobe is None:
         return
     import faiss
 
+    nprobe = int(nprobe)
+    if nprobe < 1:
+        raise OpenbookError(f"--nprobe must be 1 or more, got {nprobe}")
+    ivfs = [leaf for leaf in _leaves(index) if "IVF" in type(leaf).__name__]
+    if not ivfs:
+        return  # exact (flat) search: there are no lists to probe
+    on_gpu = any(type(leaf).__name__.startswith("Gpu") for leaf in ivfs)
+    space = getattr(faiss, "GpuParameterSpace" if on_gpu else "ParameterSpace", None)
+    what = f"--nprobe {nprobe}: cannot set it on the {'GPU ' if on_gpu else ''}index " \
+           f"{type(index).__name__}"
+    if space is None:
+        raise OpenbookError(f"{what}: this faiss has no GpuParameterSpace; install a faiss "
+                            "with GPU support (pip install '.[gpu]') or search on the CPU")
     try:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except RuntimeError:
-        pass  # not an IVF index: nothing to set
+        space().set_index_parameter(index, "nprobe", nprobe)
+    except RuntimeError as e:
+        raise OpenbookError(f"{what} ({' '.join(str(e).split())[-200:]}); search it on the "
+                            "CPU (unset CUDA_VISIBLE_DEVICES) or rebuild the index") from e
+    for leaf in ivfs:
+        got = _nprobe_of(leaf)
+        if got != nprobe:
+            raise OpenbookError(f"{what}: its {type(leaf).__name__} still probes {got} lists; "
+                                "search it on the CPU (unset CUDA_VISIBLE_DEVICES)")
+
+
+def _downcast(index):
+    import faiss
+
+    return faiss.downcast_index(index) if isinstance(index, faiss.Index) else index
+
+
+def _leaves(index):
+    """The indexes that do the search: through OPQ (``IndexPreTransform``) and multi-GPU
+    wrappers (``IndexReplicas``, ``IndexShards``: anything with ``count()``/``at(i)``)."""
+    index = _downcast(index)
+    if type(index).__name__ == "IndexPreTransform":
+        yield from _leaves(index.index)
+    elif hasattr(index, "count") and hasattr(index, "at") and "IVF" not in type(index).__name__:
+        for i in range(index.count()):
+            yield from _leaves(index.at(i))
+    else:
+        yield index
+
+
+def _nprobe_of(ivf) -> int | None:
+    """An IVF index's nprobe (older faiss GPU indexes only have ``getNumProbes()``)."""
+    if hasattr(ivf, "nprobe"):
+        return int(ivf.nprobe)
+    get = getattr(ivf, "getNumProbes", None)
+    return int(get()) if get is not None else None
 
 
 def _flat_header(dim: int, n: int) -> bytes:
