@@ -56,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("questions", metavar="QUESTIONS.csv",
                    help="CSV with columns id,prompt,A,B,C,D,E,answer (optionally context, "
                         "source_title, source_id)")
-    p.add_argument("--index", required=True, metavar="DIR", help="index built by pipeline.build_index")
+    p.add_argument("--index", required=True, action="append", metavar="DIR",
+                   help="index built by pipeline.build_index; repeat to search several, fused by "
+                        "reciprocal rank")
     p.add_argument("--reader", action="append", default=[], metavar="NAME_OR_PATH",
                    help="AutoModelForMultipleChoice or causal-LM folder or hub name (or a LoRA "
                         "adapter folder); repeat to ensemble. Without it: the zero-shot baseline")
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = EvaluateConfig(
-        questions=args.questions, index=args.index, out=args.out, readers=args.reader,
+        questions=args.questions, index=args.index[0] if len(args.index) == 1 else args.index,
+        out=args.out, readers=args.reader,
         embedder=args.embedder,
         retrieval=retrieval_config(args),
         max_contexts=args.max_contexts, recall_k=args.recall_k, limit=args.limit,

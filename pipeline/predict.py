@@ -36,6 +36,9 @@ examples:
   # a Kaggle-style run that must end within 9 hours: contexts are cut if it would not
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --time-budget 8.5h
 
+  # several indexes (say a dense index of all of Wikipedia and one of a STEM subset), fused
+  python -m pipeline.predict test.csv --index index/enwiki --index index/stem270k --reader readers/a
+
   # an ensemble: probabilities of several readers averaged
   python -m pipeline.predict test.csv --index index/enwiki --reader readers/a --reader readers/b
 
@@ -168,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("questions", metavar="QUESTIONS.csv",
                    help="CSV with columns id,prompt,A,B,C,D,E and optionally answer")
-    p.add_argument("--index", required=True, metavar="DIR", help="index built by pipeline.build_index")
+    p.add_argument("--index", required=True, action="append", metavar="DIR",
+                   help="index built by pipeline.build_index; repeat to search several (each "
+                        "with its own embedder), fused by reciprocal rank")
     p.add_argument("--reader", action="append", default=[], metavar="NAME_OR_PATH",
                    help="AutoModelForMultipleChoice or causal-LM folder or hub name (or a LoRA "
                         "adapter folder); repeat to ensemble. Without it: the zero-shot "
@@ -197,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = PredictConfig(
-        questions=args.questions, index=args.index, out=args.out, report=args.report,
+        questions=args.questions, index=args.index[0] if len(args.index) == 1 else args.index,
+        out=args.out, report=args.report,
         readers=args.reader, embedder=args.embedder,
         retrieval=retrieval_config(args),
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,

@@ -31,9 +31,9 @@ from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters
 from pipeline.questions import LETTERS, has_answers, load_questions
 from pipeline.readers.cascade import COMBINE, check_settings
 from pipeline.readers.kinds import KINDS
-from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
-from pipeline.retrieval.setup import open_embedder, reader_retrieval
-from pipeline.index.store import load_index
+from pipeline.retrieval.indexes import IndexSet
+from pipeline.retrieval.retriever import Contexts, RetrievalConfig
+from pipeline.retrieval.setup import reader_retrieval
 from pipeline.answering.budget import CASCADE, ZERO_SHOT, TimeBudget, now as budget_now
 from pipeline.answering.scoring import apply_stacker, check_llm_options, score_options  # noqa: F401 (apply_stacker: used by benchmarks)
 
@@ -45,7 +45,7 @@ class PredictConfig:
     """Everything ``predict`` needs. Recorded in the report."""
 
     questions: str
-    index: str
+    index: str | list[str]  # one index directory, or several (fused by reciprocal rank)
     out: str = "submissions/submission.csv"
     report: str | None = None  # default: <out without .csv>.report.json
     readers: list[str] = field(default_factory=list)
@@ -77,6 +77,12 @@ class PredictConfig:
                                 "second reader: add --cascade READER")
         if self.cascade_combine not in COMBINE:  # pragma: no cover - check_settings says it
             raise OpenbookError(f"--cascade-combine must be one of {', '.join(COMBINE)}")
+
+    @property
+    def indexes(self) -> list[str]:
+        """The index directories, as a list (``index`` may be one path)."""
+        return [str(self.index)] if isinstance(self.index, (str, Path)) else \
+            [str(p) for p in self.index]
 
     @property
     def report_path(self) -> Path:
@@ -133,21 +139,19 @@ def predict(cfg: PredictConfig) -> PredictResult:
     check_writable(cfg.report_path, True, "--report")
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
-    store = load_index(cfg.index, verify=cfg.verify_index)
-    retrieval = reader_retrieval(cfg).resolved(store.meta, cfg.index)  # BM25 asked, none: fail now
+    indexes = IndexSet.open(cfg.indexes, embedder=cfg.embedder, device=cfg.device,
+                            verify=cfg.verify_index)
+    retrieval = indexes.resolved(reader_retrieval(cfg))  # BM25 asked, none: fail now
     if cfg.verify_index == "full" and retrieval.retriever in ("bm25", "hybrid"):
-        from pipeline.index.bm25 import load_bm25
-
-        store._bm25 = load_bm25(store.path, store.meta, verify="full")  # what bm25_for caches
-    embedder = open_embedder(store, cfg.embedder, cfg.device)
+        indexes.verify_bm25("full")
+    embedder = indexes.embedder
     guard = None
     if cfg.time_budget is None:
-        contexts = retrieve(questions, store, embedder, retrieval, progress=cfg.progress)
+        contexts = indexes.retrieve(questions, retrieval, progress=cfg.progress)
         scores, scorer, described = score_options(cfg, questions, contexts, embedder)
     else:  # chunk by chunk, with fewer contexts (or a cheaper scorer) if time runs short
         def answer(qs, level):
-            ctx = retrieve(qs, store, embedder, replace(retrieval, top_k=level.top_k),
-                           progress=False)
+            ctx = indexes.retrieve(qs, replace(retrieval, top_k=level.top_k), progress=False)
             sub = replace(cfg, readers=[] if level.scorer == ZERO_SHOT else cfg.readers,
                           progress=False)
             return (ctx, *score_options(sub, qs, ctx, embedder, cascade=level.scorer == CASCADE))
@@ -166,7 +170,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
         result.accuracy = accuracy_at_1(rankings, answers)
     result.seconds = time.perf_counter() - t0
     report = {
-        "questions": str(cfg.questions), "index": str(cfg.index), "submission": str(out),
+        "questions": str(cfg.questions), "submission": str(out),
+        "index": str(cfg.index) if len(cfg.indexes) == 1 else cfg.indexes,
+        "indexes": indexes.describe(),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
         "cascade": next((d for d in described if d.get("type") == "cascade"), None),
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,

@@ -45,15 +45,15 @@ import numpy as np
 from pipeline.answering.predictor import PredictConfig
 from pipeline.answering.scoring import cascade_outcome, score_options, score_readers
 from pipeline.readers import cascade as C
-from pipeline.retrieval.setup import open_embedder, reader_retrieval
+from pipeline.retrieval.indexes import IndexSet
+from pipeline.retrieval.setup import reader_retrieval
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_output_dir, check_parent_writable, publish_dir
 from pipeline.retrieval.focus import focus_contexts
 from pipeline.metrics import accuracy_at_1, average_precision_at_3, map_at_3, margins, rank_letters
 from pipeline.questions import LETTERS, load_questions
 from pipeline.retrieval.sources import load_sources, source_rank, source_rule
-from pipeline.retrieval.retriever import Contexts, RetrievalConfig, retrieve
-from pipeline.index.store import load_index
+from pipeline.retrieval.retriever import Contexts, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class EvaluateConfig:
     """Everything ``evaluate`` needs. Recorded in ``metrics.json``."""
 
     questions: str
-    index: str
+    index: str | list[str]  # one index directory, or several (fused by reciprocal rank)
     out: str
     readers: list[str] = field(default_factory=list)
     embedder: str | None = None
@@ -167,13 +167,13 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 # ---------------------------------------------------------------- the run
 
-def _retrieve_wide(questions, store, embedder, retrieval: RetrievalConfig, k_max: int,
+def _retrieve_wide(questions, indexes: IndexSet, retrieval: RetrievalConfig, k_max: int,
                    progress: bool) -> tuple[list[Contexts], list[Contexts]]:
     """``(headline contexts, contexts with k_max passages)`` with one retrieval when possible:
     the wide search keeps the headline's candidate lists, so its first ``top_k`` passages are
     exactly what ``predict`` retrieves."""
     if k_max <= retrieval.top_k:
-        ctx = retrieve(questions, store, embedder, retrieval, progress=progress)
+        ctx = indexes.retrieve(questions, retrieval, progress=progress)
         return ctx, ctx
     # the wide contexts are cut to each k of the curve, then focused (if asked) at that k
     if retrieval.reranker:  # same candidates (rerank_top >= k_max): the same reranked order
@@ -182,10 +182,11 @@ def _retrieve_wide(questions, store, embedder, retrieval: RetrievalConfig, k_max
     else:
         wide = replace(retrieval, top_k=k_max, fetch_k=retrieval.fetch, focus="none")
         same = wide.fetch == retrieval.fetch
-    wide_ctx = retrieve(questions, store, embedder, wide, progress=progress)
+    wide_ctx = indexes.retrieve(questions, wide, progress=progress)
     if same:
-        return first_k_all(questions, wide_ctx, retrieval.top_k, retrieval, embedder), wide_ctx
-    return retrieve(questions, store, embedder, retrieval, progress=progress), wide_ctx
+        return first_k_all(questions, wide_ctx, retrieval.top_k, retrieval,
+                           indexes.embedder), wide_ctx
+    return indexes.retrieve(questions, retrieval, progress=progress), wide_ctx
 
 
 def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps,
@@ -208,13 +209,11 @@ def _context_curve(pcfg: PredictConfig, questions, wide_ctx, embedder, steps,
             for k, (m, a) in sorted(curve.items())]
 
 
-def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
+def _recall(questions, sources, indexes: IndexSet, retrieval: RetrievalConfig,
             ks: Sequence[int], progress: bool) -> tuple[dict, dict[str, list[int | None]]]:
     """``({retriever: {"n", "recall@k": {k: r}}}, {retriever: source rank per question})``;
     with a reranker, each retriever is measured without it and with it (``"dense+rerank"``)."""
-    from pipeline.index.bm25 import has_bm25
-
-    retrievers = ["dense"] + (["bm25", "hybrid"] if has_bm25(store.meta) else [])
+    retrievers = ["dense"] + (["bm25", "hybrid"] if indexes.has_bm25() else [])
     runs = [(name, name, None) for name in retrievers]
     if retrieval.reranker:
         runs += [(f"{name}+rerank", name, retrieval.reranker) for name in retrievers]
@@ -224,8 +223,7 @@ def _recall(questions, sources, store, embedder, retrieval: RetrievalConfig,
     for name, retriever, rerank in runs:
         cfg = replace(retrieval, retriever=retriever, top_k=max(ks), fetch_k=None, focus="none",
                       rerank=rerank)
-        needs_embedder = retriever != "bm25" or rerank is not None
-        ctx = retrieve(qs, store, embedder if needs_embedder else None, cfg, progress=progress)
+        ctx = indexes.retrieve(qs, cfg, progress=progress)
         found = [source_rank(c, sources[i]) for c, i in zip(ctx, known)]
         table[name] = {"n": len(known), "recall@k": {
             str(k): _rounded(sum(r is not None and r <= k for r in found) / len(known))
@@ -277,12 +275,12 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     log.info("evaluating %d questions from %s", len(questions), cfg.questions)
 
     pcfg = cfg.predict_config()
-    store = load_index(cfg.index, verify=cfg.verify_index)
-    retrieval = reader_retrieval(pcfg).resolved(store.meta, cfg.index)
-    embedder = open_embedder(store, cfg.embedder, cfg.device)
+    indexes = IndexSet.open(pcfg.indexes, embedder=cfg.embedder, device=cfg.device,
+                            verify=cfg.verify_index)
+    retrieval = indexes.resolved(reader_retrieval(pcfg))
+    embedder = indexes.embedder
     steps = context_steps(retrieval.top_k, cfg.max_contexts)
-    contexts, wide_ctx = _retrieve_wide(questions, store, embedder, retrieval, max(steps),
-                                        cfg.progress)
+    contexts, wide_ctx = _retrieve_wide(questions, indexes, retrieval, max(steps), cfg.progress)
     cascade_curve = None
     if pcfg.cascade:
         scores, scorer, described, cascade_curve = _cascade_headline(pcfg, questions, contexts,
@@ -296,7 +294,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 
     recall, ranks = None, {}
     if any(s is not None for s in sources):
-        recall, ranks = _recall(questions, sources, store, embedder, retrieval, cfg.recall_k,
+        recall, ranks = _recall(questions, sources, indexes, retrieval, cfg.recall_k,
                                 cfg.progress)
     else:
         log.info("no context, source_title or source_id column in %s: no recall@k", cfg.questions)
@@ -318,7 +316,9 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     config = asdict(cfg)
     config["retrieval"] = cfg.retrieval.to_dict()
     metrics = {
-        "questions": str(cfg.questions), "index": str(cfg.index), "n": len(questions),
+        "questions": str(cfg.questions), "n": len(questions),
+        "index": str(cfg.index) if len(pcfg.indexes) == 1 else pcfg.indexes,
+        "indexes": indexes.describe(),
         "map@3": _rounded(map3), "accuracy@1": _rounded(acc),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,

@@ -121,9 +121,14 @@ def is_source(passage_id: str, title: str, text: str, src: Source) -> bool:
     True
     >>> is_source("d9:0", "Iron", "Iron is a metal.", s)
     False
+    >>> is_source("stem:d9:0", "Iron", "Iron is a metal.", Source(doc_id="d9"))
+    True
     """
-    if src.doc_id is not None and src.doc_id in (passage_id, passage_id.rsplit(":", 1)[0]):
-        return True
+    if src.doc_id is not None:
+        doc = passage_id.rsplit(":", 1)[0]
+        # "INDEX:doc:chunk" when several indexes are fused (pipeline.retrieval.indexes)
+        if src.doc_id in (passage_id, doc) or doc.endswith(":" + src.doc_id):
+            return True
     if src.title is not None and norm_title(title) == src.title:
         return True
     if src.shingles:

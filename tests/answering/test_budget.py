@@ -183,13 +183,15 @@ def test_predict_reduces_top_k_when_the_projection_overruns(small_index, tmp_pat
     with open(questions, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows(rows[:21])
     ids = [r[0] for r in rows[1:21]]
-    real_retrieve = answering.retrieve
+    from pipeline.retrieval.indexes import IndexSet
 
-    def slow_retrieve(qs, store, emb, cfg, **kw):
+    real_retrieve = IndexSet.retrieve
+
+    def slow_retrieve(self, qs, cfg, **kw):
         clock.t += 1.0 * cfg.top_k * len(qs)
-        return real_retrieve(qs, store, emb, cfg, **kw)
+        return real_retrieve(self, qs, cfg, **kw)
 
-    monkeypatch.setattr(answering, "retrieve", slow_retrieve)
+    monkeypatch.setattr(IndexSet, "retrieve", slow_retrieve)
     out = tmp_path / "submission.csv"
     cfg = answering.PredictConfig(
         questions=str(questions), index=str(small_index), out=str(out), progress=False,
