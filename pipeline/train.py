@@ -1,4 +1,4 @@
-"""``python -m pipeline.train``: fine-tune a multiple-choice reader for ``predict --reader``.
+"""``python -m pipeline.train``: fine-tune a reader (encoder, or LoRA on a causal LM) for ``predict --reader``.
 
 A thin CLI over :func:`pipeline.training.loop.train`; see ``--help``.
 """
@@ -16,6 +16,7 @@ from pipeline.cli import run, setup_logging
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES
 from pipeline.retrieval.retriever import QUERY_MODES
+from pipeline.readers.kinds import KINDS
 from pipeline.readers.stacking import CONTEXT_FEATURES
 from pipeline.training.config import LAST_DIR, SELECT_BY, TrainConfig, resume_config
 from pipeline.training.loop import train
@@ -32,11 +33,17 @@ examples:
 
   # several question files at once (e.g. the ones that come with a context, and ones without:
   # with --index every question gets retrieved contexts)
-  python -m pipeline.train stem_1k.csv extra_500.csv train_6k.csv --index index/enwiki \
+  python -m pipeline.train stem_1k.csv extra_500.csv train_6k.csv --index index/enwiki \\
       --epochs 1 --out readers/minilm_all
 
   # continue an interrupted run (same arguments plus --resume)
   python -m pipeline.train train.csv --index index/enwiki --out readers/deberta --resume
+
+  # LoRA adapters on a causal LM (letter loss over A-E; bf16 base + gradient checkpointing on
+  # CUDA); OUT is the adapter, predict loads base + adapter
+  python -m pipeline.train train.csv --index index/enwiki --model models/qwen2.5-0.5b \\
+      --max-length 768 --lora-r 16 --batch-size 2 --grad-accum 8 --out readers/qwen-lora
+  python -m pipeline.predict test.csv --index index/enwiki --reader readers/qwen-lora
 
   # a quick smoke run
   python -m pipeline.train train.csv --use-context-column --out /tmp/r --max-steps 20 --overwrite
@@ -48,9 +55,11 @@ D = {f.name: f.default for f in fields(TrainConfig)}
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.train", argument_default=argparse.SUPPRESS,
-        description="Fine-tune an AutoModelForMultipleChoice reader on labelled questions "
+        description="Fine-tune an AutoModelForMultipleChoice reader, or LoRA adapters on a "
+                    "causal LM (when --model is one), on labelled questions "
                     "(id,prompt,A..E,answer[,context]). OUT holds the best checkpoint "
-                    "(safetensors + openbook_reader.json), log.jsonl and last/ for --resume.",
+                    "(safetensors or the adapter, + openbook_reader.json), log.jsonl and last/ "
+                    "for --resume.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train", metavar="TRAIN.csv", nargs="+",
                    help="labelled questions to train on; several files are combined (their ids "
@@ -64,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
                         f"checkpoint and fit the stacker; 0 trains on all (default {D['valid_split']})")
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="AutoModelForMultipleChoice folder or hub name, or the alias minilm/mpnet "
-                        "(default: the all-MiniLM-L6-v2 folder)")
+                        "(default: the all-MiniLM-L6-v2 folder); a causal LM (*ForCausalLM "
+                        "folder, or a hub name with --reader-kind llm) trains LoRA adapters")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last/")
     c = p.add_argument_group("contexts")
@@ -104,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
         name = flag[2:].replace("-", "_")
         t.add_argument(flag, type=typ, help=f"{help_} (default {D[name]})")
     t.add_argument("--lr", type=float, help="backbone learning rate (default: 1e-4 for small "
-                   "backbones, hidden size <= 512 such as MiniLM; 2e-5 for base/large ones)")
+                   "backbones, hidden size <= 512 such as MiniLM; 2e-5 for base/large ones; "
+                   "2e-4 for LoRA adapters)")
     t.add_argument("--select", choices=SELECT_BY, help="what picks the best checkpoint on "
                    "--valid: map@3, loss (mean negative log-likelihood of the right option), or last "
                    f"(the final weights; validation still logged) (default {D['select']})")
@@ -124,6 +135,24 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
                    help="autocast dtype on CUDA (default auto: bf16/fp16 on CUDA, fp32 on CPU)")
+    g = p.add_argument_group("causal-LM readers: LoRA (see pipeline.training.llm)")
+    g.add_argument("--reader-kind", choices=KINDS, help="mc (encoder), llm (causal LM) or auto: "
+                   "llm when --model is a local *ForCausalLM folder (default auto)")
+    for flag, typ, help_ in [("--lora-r", int, "LoRA rank"),
+                             ("--lora-alpha", float, "LoRA scaling alpha"),
+                             ("--lora-dropout", float, "dropout on the LoRA input")]:
+        g.add_argument(flag, type=typ, help=f"{help_} (default {D[flag[2:].replace('-', '_')]})")
+    g.add_argument("--lora-target-modules", metavar="M1,M2|all-linear",
+                   help="modules that get adapters (default: peft's for the architecture, e.g. "
+                        "q_proj,v_proj for Llama; all-linear when it has none)")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="recompute activations in the backward pass: less memory, ~30%% slower "
+                        "(default: on CUDA)")
+    g.add_argument("--template", metavar="NAME_OR_TEXT",
+                   help="prompt template: default, or text with {context}, {question}, {options} "
+                        "(saved with the reader)")
+    g.add_argument("--chat-template", dest="use_chat_template", action="store_true",
+                   help="wrap the prompt in the tokenizer's chat template (saved with the reader)")
     k = p.add_argument_group("stacker (see pipeline.readers.stacking)")
     k.add_argument("--no-stack", dest="stack", action="store_false",
                    help="do not fit the stacker that combines the reader with cheap evidence "

@@ -225,11 +225,48 @@ class CausalLMReader:
                 else:
                     conts, scored = self.continuations(shown)
                 reserve = max(len(c) for c in conts) - (1 if self.scoring == "letter" else 0)
-                ids = P.build_prompt_ids(self.tokenizer, contexts[i] or "", prompts[i], shown,
-                                         self.max_length, self.template, reserve=reserve,
-                                         use_chat_template=self.use_chat_template, row=rows[i])
+                ids = self._prompt_ids(contexts[i], prompts[i], shown, reserve, rows[i])
                 items.append((i, perm, ids, conts, scored))
         return items, perms
+
+    def _prompt_ids(self, context: str | None, prompt: str, shown: Sequence[str], reserve: int,
+                    row: int | None) -> list[int]:
+        return P.build_prompt_ids(self.tokenizer, context or "", prompt, shown, self.max_length,
+                                  self.template, reserve=reserve,
+                                  use_chat_template=self.use_chat_template, row=row)
+
+    # ------------------------------------------------------------------ training
+    def encode(self, prompts: Sequence[str], options: Sequence[Sequence[str]],
+               contexts: Sequence[str], rows: Sequence[int] | None = None) -> list[list[int]]:
+        """Letter scoring: one prompt's token ids per question, options in the order given
+        (no TTA), exactly as :meth:`score` builds them; what training feeds
+        :meth:`letter_log_probs`."""
+        rows = list(rows) if rows is not None else list(range(1, len(prompts) + 1))
+        reserve = max(len(c) for c in self.letter_ids) - 1
+        return [self._prompt_ids(c, p, o, reserve, r)
+                for p, o, c, r in zip(prompts, options, contexts, rows)]
+
+    def letter_log_probs(self, prefixes: Sequence[list[int]], n_options: int = len(LETTERS)) -> torch.Tensor:
+        """Differentiable letter scores: float32 ``(len(prefixes), n_options)``, the log-probs of
+        the letter tokens after each prompt (one left-padded batch, gradients kept).
+
+        Equals :meth:`score` for letter scoring without TTA. Needs one-token letters (every
+        tokenizer of a real LLM writes them so).
+
+        Example::
+
+            >>> logp = reader.letter_log_probs(reader.encode(prompts, options, contexts))  # doctest: +SKIP
+            >>> loss = torch.nn.functional.cross_entropy(logp, labels)                    # doctest: +SKIP
+        """
+        if any(len(ids) != 1 for ids in self.letter_ids):
+            raise ReaderError(f"{self.name}: the tokenizer writes the letters with several tokens "
+                              f"({self.letter_ids}); training reads one token per letter. Fix: use "
+                              "the model's own tokenizer or a template whose answer cue is "
+                              "followed by one-token letters")
+        ids, mask, pos = self._left_pad(prefixes)
+        logits = self._forward(ids, mask, pos, last_only=True)[:, -1]
+        letters = torch.tensor([ids_[0] for ids_ in self.letter_ids[:n_options]], device=logits.device)
+        return logits[:, letters] - torch.logsumexp(logits, -1, keepdim=True)
 
     # ------------------------------------------------------------------ scoring
     def score(
@@ -331,18 +368,22 @@ class CausalLMReader:
         logp = torch.log_softmax(logits[0, len(prefix) - 1:], dim=-1)
         return logp.gather(-1, torch.tensor(cont, device=logp.device)[:, None])[:, 0].cpu().numpy()
 
+    def _left_pad(self, prefixes: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids, mask, positions)``, each ``(len(prefixes), longest)``, padded on the left."""
+        lp = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), lp), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), lp), dtype=torch.long)
+        for r, p in enumerate(prefixes):
+            ids[r, lp - len(p):], mask[r, lp - len(p):] = torch.tensor(p), 1
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
     def _cached_batch(self, prefixes: list[list[int]], conts: list[list[list[int]]]) -> list[list[np.ndarray]]:
         from transformers import DynamicCache
 
         b, k = len(prefixes), len(conts[0])
         if any(len(c) != k for c in conts):
             raise ValueError("every prefix needs the same number of continuations")
-        lp = max(len(p) for p in prefixes)
-        ids = torch.full((b, lp), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, lp), dtype=torch.long)
-        for r, p in enumerate(prefixes):  # left padding
-            ids[r, lp - len(p):], mask[r, lp - len(p):] = torch.tensor(p), 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = self._left_pad(prefixes)
         tail = max(len(c) for cs in conts for c in cs) - 1
         cache = DynamicCache(config=self.model.config) if tail > 0 else None
         first = torch.log_softmax(self._forward(ids, mask, pos, cache, last_only=True)[:, -1], -1)

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_output_dir
+from pipeline.readers.kinds import KINDS
 from pipeline.readers.record import READER_CONFIG
 from pipeline.readers.stacking import CONTENT_FEATURES, CONTEXT_FEATURES
 from pipeline.retrieval.focus import FOCUS_MODES
@@ -91,6 +92,15 @@ class TrainConfig:
     stack: bool = True                  # fit a stacker (pipeline.readers.stacking) on --valid at the end
     stack_features: tuple = CONTENT_FEATURES  # + "length", "consensus": see pipeline.readers.stacking
     stack_gate: bool = True             # context evidence also weighted by its confidence
+    # causal-LM readers (pipeline.training.llm): LoRA adapters trained on the letter loss
+    reader_kind: str = "auto"           # auto (pipeline.readers.kinds.reader_kind of --model) | mc | llm
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_target_modules: str | None = None  # "q_proj,v_proj", "all-linear"; None: peft's default
+    gradient_checkpointing: bool | None = None  # None: on CUDA only
+    template: str | None = None         # prompt template name or text (pipeline.readers.prompting)
+    use_chat_template: bool = False
 
     def __post_init__(self) -> None:
         self.train = [str(self.train)] if isinstance(self.train, (str, os.PathLike)) \
@@ -116,7 +126,11 @@ class TrainConfig:
                   (self.log_every >= 1, "--log-every must be >= 1"),
                   (self.lr is None or self.lr > 0, "--lr must be > 0"),
                   (set(self.stack_features) <= set(CONTEXT_FEATURES),
-                   f"--stack-features: choose from {', '.join(CONTEXT_FEATURES)}")]
+                   f"--stack-features: choose from {', '.join(CONTEXT_FEATURES)}"),
+                  (self.reader_kind in KINDS, f"--reader-kind must be one of {', '.join(KINDS)}"),
+                  (self.lora_r >= 1 and self.lora_alpha > 0,
+                   "--lora-r must be >= 1 and --lora-alpha > 0"),
+                  (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)")]
         for ok, msg in checks:
             if not ok:
                 raise OpenbookError(msg)

@@ -1,7 +1,10 @@
-"""Fine-tune a multiple-choice reader: the library behind ``python -m pipeline.train``.
+"""Fine-tune a reader: the library behind ``python -m pipeline.train``.
 
 A plain PyTorch loop (nanoGPT style), for anything ``AutoModelForMultipleChoice``
-loads (BERT/MiniLM, MPNet, DeBERTa-v3, Longformer, ...). Questions are encoded
+loads (BERT/MiniLM, MPNet, DeBERTa-v3, Longformer, ...), or LoRA adapters on a causal
+LM (:mod:`pipeline.training.llm`: Llama, Mistral, Qwen2, ..., when ``--model`` is one or
+``--reader-kind llm``; same splits, contexts, validation, checkpoints, resume and
+stacker; the saved reader is the adapter). Encoder questions are encoded
 by the reader's own :meth:`~pipeline.readers.multiple_choice.MultipleChoiceReader.encode`
 (i.e. :func:`~pipeline.readers.encoding.encode_question`) and batched by its
 :class:`~pipeline.readers.encoding.MultipleChoiceCollator`, so training sees exactly
@@ -12,6 +15,7 @@ once and cached in ``OUT/contexts.jsonl``.
 ``OUT`` after a run::
 
     config.json, model.safetensors, tokenizer files   best checkpoint (by valid MAP@3, else last)
+                           (causal LM: adapter_config.json, adapter_model.safetensors)
     openbook_reader.json   max_length, retrieval settings, training config, validation history
     log.jsonl              {"step", "epoch", "loss", "lr", "head_lr"} every --log-every steps
                            (+ {"step", "valid": {...}} after each validation): the learning curve
@@ -43,7 +47,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -53,13 +57,14 @@ from pipeline.device import pick_device
 from pipeline.fileio import write_dir_atomic, write_json_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters, softmax
 from pipeline.questions import LETTERS, Question, load_question_files, load_questions
-from pipeline.readers.multiple_choice import MultipleChoiceReader
+from pipeline.readers.kinds import reader_kind
 from pipeline.readers.record import READER_CONFIG
 from pipeline.readers.stacking import STACK_FILE, reader_feature
 from pipeline.training.config import (HOLDOUT_FILE, LAST_DIR, LOG_FILE, TrainConfig, _clear_run,
                                       check_out_dir, default_model)
 from pipeline.training.data import held_out_splits, load_contexts
-from pipeline.training.model import load_model, lr_factor, param_groups
+from pipeline.training.llm import llm_trainee
+from pipeline.training.model import make_batch, lr_factor, mc_trainee  # noqa: F401 (make_batch: API)
 from pipeline.training.stacker import fit_stacker
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,7 @@ class TrainResult:
     step: int
     best: dict | None
     history: list[dict] = field(default_factory=list)
+    reader: Any = None  # the reader with the final weights (OUT holds the best ones)
 
 
 # ---------------------------------------------------------------- batches, validation
@@ -84,21 +90,10 @@ def epoch_plan(n: int, epoch: int, cfg: TrainConfig) -> tuple[list[list[int]], n
     return [order[i:i + cfg.batch_size].tolist() for i in range(0, n, cfg.batch_size)], perms
 
 
-def make_batch(reader: MultipleChoiceReader, qs: Sequence[Question], contexts: Sequence[str],
-               idx: Sequence[int], perms: np.ndarray) -> dict[str, torch.Tensor]:
-    """Encode questions ``idx`` with their options permuted (label remapped), then collate."""
-    options = [[qs[i].options[j] for j in perms[i]] for i in idx]
-    labels = [int(np.flatnonzero(perms[i] == LETTERS.index(qs[i].answer))[0]) for i in idx]
-    feats = reader.encode([qs[i].prompt for i in idx], options, [contexts[i] for i in idx],
-                          [qs[i].row for i in idx])
-    batch = reader.collator([{**f, "label": y} for f, y in zip(feats, labels)])
-    return {k: v.to(reader.device) for k, v in batch.items()
-            if k in reader._input_names or k == "labels"}
-
-
-def evaluate(reader: MultipleChoiceReader, qs: Sequence[Question], contexts: Sequence[str]) -> dict:
+def evaluate(reader, qs: Sequence[Question], contexts: Sequence[str]) -> dict:
     """MAP@3, accuracy@1 and loss (mean negative log-likelihood of the right option)
     through the reader's own scoring path (as predict)."""
+    reader.model.eval()  # no dropout (the causal-LM reader does not switch it off itself)
     scores = reader.score([q.prompt for q in qs], [list(q.options) for q in qs], contexts,
                           [q.row for q in qs], progress=False)
     ranks, answers = rank_letters(scores), [q.answer for q in qs]
@@ -196,19 +191,22 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_qs = splits["train"]
     contexts, retrieval = load_contexts(cfg, splits, device)
 
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") \
+            if device.startswith("cuda") else "fp32"
+    if precision != "fp32" and not device.startswith("cuda"):
+        log.warning("--precision %s needs CUDA; training in fp32 on %s", precision, device)
+        precision = "fp32"
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    amp_device = "cuda" if device.startswith("cuda") else "cpu"
+
     torch.manual_seed(cfg.seed)
-    model_name = cfg.model or default_model()
-    model, tokenizer, base_name = load_model(
-        str(out / LAST_DIR) if cfg.resume else model_name, cfg.pooling,
-        "keep" if cfg.resume else cfg.pooler_init)
-    base_name = state.get("base_model", base_name)
-    if cfg.lr is None:  # small backbones (MiniLM) need a larger step than base/large ones
-        cfg.lr = 1e-4 if getattr(model.config, "hidden_size", 1024) <= 512 else 2e-5
-    model.to(device).train()
-    reader = MultipleChoiceReader(model, tokenizer, name=base_name, max_length=cfg.max_length,
-                                  batch_size=cfg.eval_batch_size, device=device)
-    model.train()
-    groups = param_groups(model, cfg)
+    kind = state.get("kind") or reader_kind(cfg.model or default_model(), cfg.reader_kind)
+    trainee = llm_trainee(cfg, out, state, device, amp_dtype) if kind == "llm" \
+        else mc_trainee(cfg, out, state, device)
+    model, tokenizer, reader, groups = trainee.model, trainee.tokenizer, trainee.reader, trainee.groups
+    base_name = trainee.base_name
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "head"} for g in groups],
                             fused=device.startswith("cuda"))
     n_batches = math.ceil(len(train_qs) / cfg.batch_size)
@@ -229,31 +227,23 @@ def train(cfg: TrainConfig) -> TrainResult:
     history: list[dict] = state.get("history", [])
     best: dict | None = state.get("best")
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") \
-            if device.startswith("cuda") else "fp32"
-    if precision != "fp32" and not device.startswith("cuda"):
-        log.warning("--precision %s needs CUDA; training in fp32 on %s", precision, device)
-        precision = "fp32"
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    amp_device = "cuda" if device.startswith("cuda") else "cpu"
     scaler = torch.amp.GradScaler(amp_device, enabled=precision == "fp16")
     n_train = sum(p.numel() for g in groups for p in g["params"])
     log.info("training %s on %d questions (%d valid): %d steps (%d/epoch, batch %d x %d), "
-             "%.1fM trainable parameters, lr %g (head %g), %s on %s", base_name, len(train_qs),
+             "%.1fM trainable parameters, lr %g%s, %s on %s", base_name, len(train_qs),
              len(splits.get("valid", [])), total, steps_per_epoch, cfg.batch_size,
-             cfg.grad_accum, n_train / 1e6, cfg.lr, cfg.head_lr, precision, device)
+             cfg.grad_accum, n_train / 1e6, cfg.lr,
+             f" (head {cfg.head_lr:g})" if kind == "mc" else " (LoRA)", precision, device)
 
     def reader_meta() -> dict:  # "step": the step of the weights in OUT (the best one)
-        return {"max_length": cfg.max_length, "base_model": base_name, "retrieval": retrieval,
+        return {**trainee.record, "retrieval": retrieval,
                 "training": asdict(cfg), "step": best["step"], "epoch": best["epoch"],
                 "validation": history, "best": best, "created_by": "pipeline.train"}
 
     def checkpoint() -> None:
         save_last(out, model, tokenizer, opt, sched, {
             "step": step, "epoch": epoch, "batches_done": done, "history": history, "best": best,
-            "base_model": base_name, "config": asdict(cfg)})
+            "base_model": base_name, "kind": kind, "config": asdict(cfg)})
 
     def validate_and_keep() -> None:
         nonlocal best
@@ -285,9 +275,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             group = batches[done:done + cfg.grad_accum]
             loss_sum = 0.0
             for idx in group:
-                batch = make_batch(reader, train_qs, contexts["train"], idx, perms)
                 with torch.autocast(amp_device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = model(**batch).loss / len(group)
+                    loss = trainee.loss(train_qs, contexts["train"], idx, perms) / len(group)
                 scaler.scale(loss).backward()
                 loss_sum += loss.item()
             scaler.unscale_(opt)
@@ -322,11 +311,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                 epoch, done = epoch + 1, 0
             if (cfg.save_every and step % cfg.save_every == 0) or epoch_end or step == total:
                 checkpoint()
+            if epoch_end:
+                break  # the next epoch's order: epoch_plan again
     bar.close()
     if cfg.stack and "valid" in splits:
         fit_stacker(cfg, out, splits["valid"], contexts["valid"], device)
     log.info("done: %d steps; best %s; reader in %s", step, best, out)
-    return TrainResult(out=out, step=step, best=best, history=history)
+    model.eval()
+    return TrainResult(out=out, step=step, best=best, history=history, reader=reader)
 
 
 def _running_means(losses: Sequence[float], width: int = 50) -> list[float]:

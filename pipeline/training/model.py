@@ -1,5 +1,10 @@
 """The model a run trains: the backbone with its multiple-choice head set up to learn.
 
+:class:`Trainee` is what the loop of :mod:`pipeline.training.loop` needs of either reader
+kind (model, tokenizer, reader, optimizer groups, the batch loss, the record entries);
+:func:`mc_trainee` builds it for an encoder, :func:`pipeline.training.llm.llm_trainee` for
+a causal LM with LoRA adapters. :func:`shown_options` permutes a batch's options (the
+label follows the answer) and :func:`make_batch` encodes and collates them for an encoder.
 :func:`load_model` loads any ``AutoModelForMultipleChoice`` checkpoint (or the
 ``minilm``/``mpnet`` aliases) and fixes what a sentence-transformers checkpoint lacks
 for a classification head (mean pooling, an identity pooler); :func:`param_groups`
@@ -21,14 +26,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from pipeline.errors import OpenbookError
 from pipeline.index.embedding import resolve_model
+from pipeline.questions import LETTERS, Question
+from pipeline.readers.multiple_choice import MultipleChoiceReader
 from pipeline.readers.pooling import find_pooler, use_mean_pooling, wants_mean_pooling
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import LAST_DIR, TrainConfig, default_model
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +131,73 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+
+
+# ---------------------------------------------------------------- what the loop trains
+#: ``loss(questions, contexts, idx, perms)``: the mean loss of questions ``idx`` shown in
+#: the option orders ``perms`` (a scalar tensor to backpropagate).
+BatchLoss = Callable[[Sequence[Question], Sequence[str], Sequence[int], np.ndarray], torch.Tensor]
+
+
+@dataclass
+class Trainee:
+    """A reader set up to learn: what :func:`pipeline.training.loop.train` needs of either kind.
+
+    ``groups``: AdamW groups (``params``, ``lr``, ``weight_decay``, ``head``); ``record``: the
+    entries of ``openbook_reader.json`` that depend on the kind (``max_length``,
+    ``base_model``, and for a causal LM ``kind``, ``base_architecture``, ``vocab_size``, ``llm``).
+    """
+
+    kind: str
+    model: Any
+    tokenizer: Any
+    reader: Any
+    base_name: str
+    groups: list[dict]
+    loss: BatchLoss
+    record: dict
+
+
+def shown_options(qs: Sequence[Question], idx: Sequence[int], perms: np.ndarray
+                  ) -> tuple[list[list[str]], list[int]]:
+    """Questions ``idx`` with their options in the order ``perms[i]`` and each label remapped.
+
+    >>> q = Question("1", "?", ("a", "b", "c", "d", "e"), "B", None, 1)
+    >>> shown_options([q], [0], np.array([[4, 3, 2, 1, 0]]))
+    ([['e', 'd', 'c', 'b', 'a']], [3])
+    """
+    options = [[qs[i].options[j] for j in perms[i]] for i in idx]
+    labels = [int(np.flatnonzero(perms[i] == LETTERS.index(qs[i].answer))[0]) for i in idx]
+    return options, labels
+
+
+def make_batch(reader: MultipleChoiceReader, qs: Sequence[Question], contexts: Sequence[str],
+               idx: Sequence[int], perms: np.ndarray) -> dict[str, torch.Tensor]:
+    """Encode questions ``idx`` with their options permuted (label remapped), then collate."""
+    options, labels = shown_options(qs, idx, perms)
+    feats = reader.encode([qs[i].prompt for i in idx], options, [contexts[i] for i in idx],
+                          [qs[i].row for i in idx])
+    batch = reader.collator([{**f, "label": y} for f, y in zip(feats, labels)])
+    return {k: v.to(reader.device) for k, v in batch.items()
+            if k in reader._input_names or k == "labels"}
+
+
+def mc_trainee(cfg: TrainConfig, out: Path, state: dict, device: str) -> Trainee:
+    """An ``AutoModelForMultipleChoice`` reader (``OUT/last`` on ``--resume``) set up to learn;
+    sets ``cfg.lr`` when None (1e-4 for hidden size <= 512 such as MiniLM, else 2e-5)."""
+    model, tokenizer, base_name = load_model(
+        str(out / LAST_DIR) if cfg.resume else cfg.model or default_model(), cfg.pooling,
+        "keep" if cfg.resume else cfg.pooler_init)
+    base_name = state.get("base_model", base_name)
+    if cfg.lr is None:  # small backbones (MiniLM) need a larger step than base/large ones
+        cfg.lr = 1e-4 if getattr(model.config, "hidden_size", 1024) <= 512 else 2e-5
+    model.to(device).train()
+    reader = MultipleChoiceReader(model, tokenizer, name=base_name, max_length=cfg.max_length,
+                                  batch_size=cfg.eval_batch_size, device=device)
+    model.train()
+
+    def loss(qs, contexts, idx, perms):
+        return model(**make_batch(reader, qs, contexts, idx, perms)).loss
+
+    return Trainee("mc", model, tokenizer, reader, base_name, param_groups(model, cfg), loss,
+                   {"max_length": cfg.max_length, "base_model": base_name})

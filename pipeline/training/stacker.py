@@ -27,7 +27,7 @@ from pipeline.index.embedding import Embedder
 from pipeline.index.store import load_index
 from pipeline.metrics import map_at_3, rank_letters
 from pipeline.questions import LETTERS, Question, load_question_files, load_questions
-from pipeline.readers.multiple_choice import MultipleChoiceReader
+from pipeline.readers.kinds import load_reader
 from pipeline.readers.record import READER_CONFIG, load_reader_record
 from pipeline.readers.stacking import (CONTEXT_FEATURES, STACK_FILE, Stacker, context_features,
                                        gated_features, reader_feature)
@@ -54,8 +54,7 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
     sure the reader is; the other features are z-scored. The validation MAP@3 it logs is
     in-sample for the stacker (its few weights were fitted there): judge it on questions
     neither stage saw, as ``benchmarks/quality.py`` does."""
-    reader = MultipleChoiceReader.from_pretrained(str(out), device=device,
-                                                  batch_size=cfg.eval_batch_size)
+    reader = load_reader(str(out), device=device, batch_size=cfg.eval_batch_size)  # either kind
     prompts, options = [q.prompt for q in qs], [list(q.options) for q in qs]
     logp = reader_feature(reader.probabilities(prompts, options, contexts, [q.row for q in qs],
                                                progress=cfg.progress))
