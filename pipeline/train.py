@@ -95,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where the index's embedder is, if not where it was at build time")
     t = p.add_argument_group("training")
     for flag, typ, help_ in [
-            ("--max-length", int, "tokens per [context, prompt, option]"),
+            ("--max-length", int, "tokens per [context, prompt, option] (causal LM: per prompt; "
+                                  "only the context is cut)"),
             ("--epochs", int, "passes over TRAIN.csv"),
             ("--batch-size", int, "questions per micro-batch"),
             ("--grad-accum", int, "micro-batches per optimizer step"),

@@ -79,7 +79,8 @@ def load_model(name_or_path: str, pooling: str = "auto", pooler_init: str = "aut
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise OpenbookError(f"--model {name_or_path}: cannot load a multiple-choice model "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-                            "Fix: pass a local model folder or a cached hub name") from e
+                            "Fix: pass a local model folder or a cached hub name (for a causal "
+                            "LM from the hub add --reader-kind llm)") from e
     if pooling == "auto" and not wants_mean_pooling(model.config):
         pooling = AUTO_MEAN if local and sentence_transformers_mean(source) else "cls"
     if wants_mean_pooling(model.config) or pooling != "cls":

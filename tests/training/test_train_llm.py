@@ -21,7 +21,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "readers"))
-from llm_fixtures import CONTEXTS, OPTIONS, QUESTIONS, make_tokenizer, save_tiny_lm  # noqa: E402
+from llm_fixtures import (CONTEXTS, OPTIONS, QUESTIONS, make_tokenizer, save_tiny_lm,  # noqa: E402
+                          tiny_lm)
 
 from conftest import run_cli  # noqa: E402
 from pipeline.questions import load_questions  # noqa: E402
@@ -148,6 +149,9 @@ def test_cli_trains_validates_and_writes_the_record(base, eight, tmp_path, tiny_
     assert stack["features"] == ["reader", "lexical", "coverage"]
     assert [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
             if "loss" in r] == [1, 2, 3, 4]
+    res = run_cli("stack", out, "--features", "lexical", "--no-progress")  # refit: either kind
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "openbook_stack.json").read_text())["features"] == ["reader", "lexical"]
     # predict loads base + adapter and reapplies the saved retrieval settings
     sub = tmp_path / "sub.csv"
     res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", out, "--out", sub,
@@ -218,3 +222,22 @@ def test_train_refuses_bad_causal_lm_input(base, eight, tmp_path):
     res = run_cli("train", eight, "--use-context-column", "--model", base, "--out", tmp_path / "o3",
                   "--lora-target-modules", "no_such_proj", "--no-progress")
     assert res.returncode == 2 and "--lora-target-modules no_such_proj" in res.stderr
+
+
+def test_the_training_letter_scores_are_predicts_scores(base, eight):
+    """The loss reads CausalLMReader.letter_log_probs(encode(...)): with gradients, and equal
+    to what score() gives predict; several-token letters are refused with the fix."""
+    from pipeline.readers.llm import CausalLMReader
+
+    reader = CausalLMReader.from_pretrained(base, max_length=256, batch_size=3)
+    qs = load_questions(eight, require_answer=True)
+    args = ([q.prompt for q in qs], [list(q.options) for q in qs], [q.context for q in qs])
+    logp = reader.letter_log_probs(reader.encode(*args))
+    assert logp.shape == (8, 5) and logp.requires_grad
+    np.testing.assert_allclose(logp.detach().numpy(), reader.score(*args, progress=False), atol=1e-4)
+
+    tok = make_tokenizer("bytelevel", vocab_size=262)
+    multi = CausalLMReader(tiny_lm("llama", tok), tok, name="multi", max_length=256)
+    assert all(len(ids) == 2 for ids in multi.letter_ids)
+    with pytest.raises(ReaderError, match="several tokens.*Fix:"):
+        multi.letter_log_probs(multi.encode(*args))
