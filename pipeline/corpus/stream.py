@@ -1,10 +1,13 @@
-"""Streamed corpus readers: MediaWiki XML dumps, parquet, JSON Lines, CSV and a demo set.
+"""Streamed corpus readers: MediaWiki XML dumps, CirrusSearch dumps, parquet, JSON Lines, CSV, demo.
 
-This module picks the format (from ``--format`` or the file name), checks
-the file and hands it to its reader: :mod:`pipeline.corpus.mediawiki` (XML
-dumps), :mod:`pipeline.corpus.tables` (parquet, JSON Lines, CSV) or
-:mod:`pipeline.corpus.demo`; it also applies ``--limit`` and skips the
-documents a resumed build already holds.
+This module picks the format (from ``--format`` or the file name,
+:mod:`pipeline.corpus.formats`), the files (one file, or a directory / glob of
+shards: :mod:`pipeline.corpus.files`), checks them and hands each to its
+reader: :mod:`pipeline.corpus.mediawiki` (XML dumps), :mod:`pipeline.corpus.cirrus`
+(CirrusSearch dumps), :mod:`pipeline.corpus.tables` (parquet, JSON Lines, CSV) or
+:mod:`pipeline.corpus.demo`. The files are read as one stream
+(:class:`pipeline.corpus.multifile.DocumentStream`), which applies ``--limit``
+and skips the documents a resumed build already holds.
 
 Every reader is a generator that holds at most one batch of rows (or one
 page) in memory, so multi-gigabyte dumps can be indexed on a laptop.
@@ -33,58 +36,35 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from pipeline.errors import CorpusError
+from pipeline.corpus.cirrus import _read_cirrus
 from pipeline.corpus.demo import _read_demo, demo_corpus_path
 from pipeline.corpus.documents import CorpusStats, Document
+from pipeline.corpus.files import CorpusFile, check_readable, corpus_files, is_sharded
+from pipeline.corpus.formats import FORMATS, detect_format
 from pipeline.corpus.mediawiki import _read_xml
+from pipeline.corpus.multifile import DocumentStream
 from pipeline.corpus.tables import _read_csv, _read_jsonl, _read_parquet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "detect_format", "iter_documents", "skip_documents"]
-
-FORMATS = ("xml", "parquet", "jsonl", "csv", "demo")
-
-# Checked in order: the bare ".bz2" (split dumps such as "...xml-p1p41242.bz2") comes
-# last so that ".jsonl.bz2" and ".csv.bz2" win over it.
-_SUFFIXES = (
-    (".xml.bz2", "xml"), (".xml.gz", "xml"), (".xml", "xml"),
-    (".parquet", "parquet"), (".pq", "parquet"),
-    (".jsonl.gz", "jsonl"), (".jsonl.bz2", "jsonl"), (".json.gz", "jsonl"),
-    (".json.bz2", "jsonl"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
-    (".csv.gz", "csv"), (".csv.bz2", "csv"), (".csv", "csv"),
-    (".bz2", "xml"),
-)
-
-
-def detect_format(path: str | os.PathLike[str]) -> str:
-    """The corpus format implied by the file name.
-
-    >>> detect_format("enwiki-latest-pages-articles.xml.bz2"), detect_format("a.JSONL.gz")
-    ('xml', 'jsonl')
-    """
-    name = Path(path).name.lower()
-    for suffix, fmt in _SUFFIXES:
-        if name.endswith(suffix):
-            return fmt
-    raise CorpusError(
-        f"{path}: cannot tell the corpus format from the file name. Fix: pass --format "
-        f"with one of {', '.join(FORMATS[:-1])} (.xml/.xml.bz2, .parquet, .jsonl/.jsonl.gz, "
-        f".csv/.csv.gz are recognized).")
+__all__ = ["FORMATS", "detect_format", "iter_documents", "skip_documents", "DocumentStream"]
 
 
 def iter_documents(path: str | os.PathLike[str] | None, fmt: str | None = None, *,
                    title_column: str = "title", text_column: str = "text",
                    id_column: str | None = None, limit: int | None = None,
-                   stats: CorpusStats | None = None) -> Iterator[Document]:
-    """Stream the documents of a corpus file.
+                   stats: CorpusStats | None = None) -> DocumentStream:
+    """Stream the documents of a corpus: one file, or a directory or glob of files.
 
-    ``fmt`` is one of :data:`FORMATS` (``None``: from the extension; ``"demo"``
-    ignores ``path``). The id is the ``id_column`` value (or a column named
-    ``id``), the page id for XML, else the 0-based row ordinal. Rows whose text
-    is empty are skipped; ``limit`` caps the number of documents yielded;
-    ``stats``, if given, is updated as the stream is consumed.
+    ``fmt`` is one of :data:`FORMATS` (``None``: from each file's name;
+    ``"demo"`` ignores ``path``). The id is the ``id_column`` value (or a column
+    named ``id``), the page id for XML and CirrusSearch dumps, else the 0-based
+    row number (``FILE/ROW`` with a directory or glob, ``FILE`` the file's name
+    without its suffix). Rows whose text is empty are skipped; ``limit`` caps the
+    number of documents yielded over all files; ``stats``, if given, is updated
+    as the stream is consumed.
 
-    The file, the format and (for parquet) the columns are checked at call
+    The files, the format and (for parquet) the columns are checked at call
     time; problems found while streaming raise :class:`CorpusError` from the
     iterator, after the documents already read.
 
@@ -95,28 +75,38 @@ def iter_documents(path: str | os.PathLike[str] | None, fmt: str | None = None, 
     if limit is not None and limit < 0:
         raise CorpusError(f"--limit must be 0 or more, got {limit}. "
                           f"Fix: pass --limit N with N >= 0.")
-    fmt, file = _resolve(path, fmt)
+    files = _files(path, _checked_format(fmt))
     stats = stats if stats is not None else CorpusStats()
-    if file is None:  # fmt == "demo"
-        if path is not None:
-            logger.debug("--format demo ignores the corpus path %s", path)
-        source = _read_demo(demo_corpus_path(), stats)
-    else:
-        logger.info("reading %s as %s", file, fmt)
-        if fmt == "xml":
-            source = _read_xml(file, stats)
-        elif fmt == "parquet":
-            source = _read_parquet(file, title_column, text_column, id_column, stats)
-        elif fmt == "jsonl":
-            source = _read_jsonl(file, title_column, text_column, id_column, stats)
-        else:
-            source = _read_csv(file, title_column, text_column, id_column, stats)
-    return _limited(source, limit, stats)
+
+    def open_file(f: CorpusFile, file_stats: CorpusStats) -> Iterator[Document]:
+        prefix = f"{f.label}/" if f.label else ""
+        if f.format == "demo":
+            return _read_demo(f.path, file_stats)
+        logger.info("reading %s as %s", f.path, f.format)
+        if f.format == "xml":
+            return _read_xml(f.path, file_stats)
+        if f.format == "cirrus":
+            return _read_cirrus(f.path, title_column, text_column, file_stats, prefix)
+        reader = {"parquet": _read_parquet, "jsonl": _read_jsonl, "csv": _read_csv}[f.format]
+        return reader(f.path, title_column, text_column, id_column, file_stats, prefix)
+
+    if len(files) > 1 or files[0].label:
+        logger.info("corpus %s: %d %s file(s), %s ... %s", path, len(files),
+                    "/".join(sorted({f.format for f in files})), files[0].path.name,
+                    files[-1].path.name)
+    for f in files if len(files) > 1 else []:  # every shard's columns, before any embedding
+        if f.format == "parquet":
+            _read_parquet(f.path, title_column, text_column, id_column, CorpusStats()).close()
+    return DocumentStream(files, open_file, limit=limit, stats=stats,
+                          key={"columns": [title_column, text_column, id_column]})
 
 
 def skip_documents(docs: Iterable[Document], done: int, *, progress: bool = True) -> Iterator[Document]:
     """Skip the first ``done`` documents of ``docs`` (a resumed build already holds them:
-    they are read, not embedded) and return the rest."""
+    they are not embedded again) and return the rest. A :class:`DocumentStream` passes
+    over the files its ledger counted without opening them; other iterables are read."""
+    if isinstance(docs, DocumentStream):
+        return docs.skip(done, progress=progress)
     it = iter(docs)
     if not done:
         return it
@@ -127,39 +117,30 @@ def skip_documents(docs: Iterable[Document], done: int, *, progress: bool = True
     return it
 
 
-def _resolve(path: str | os.PathLike[str] | None, fmt: str | None) -> tuple[str, Path | None]:
-    """The checked format and file (``None`` for the demo corpus)."""
-    if fmt is not None:
-        fmt = fmt.strip().lower()
-        if fmt not in FORMATS:
-            raise CorpusError(f"unknown corpus format {fmt!r}. Fix: pass --format with one of "
-                              f"{', '.join(FORMATS)}.")
-        if fmt == "demo":
-            return fmt, None
+def _checked_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise CorpusError(f"unknown corpus format {fmt!r}. Fix: pass --format with one of "
+                          f"{', '.join(FORMATS)}.")
+    return fmt
+
+
+def _files(path: str | os.PathLike[str] | None, fmt: str | None) -> list[CorpusFile]:
+    """The checked files of the corpus (the demo's JSON file for ``demo``)."""
+    if fmt == "demo":
+        if path is not None:
+            logger.debug("--format demo ignores the corpus path %s", path)
+        return [CorpusFile(demo_corpus_path(), "demo")]
     if path is None:
         raise CorpusError("no corpus file given. Fix: pass a corpus path, or --format demo "
                           "for the built-in demo corpus.")
+    if is_sharded(path):
+        return corpus_files(path, fmt)
     file = Path(path)
     if not file.exists():
-        raise CorpusError(f"{file}: no such file. Fix: check the corpus path.")
-    if file.is_dir():
-        raise CorpusError(f"{file}: is a directory, not a corpus file. Fix: pass one file "
-                          f"(index each shard separately or concatenate them).")
-    return (fmt if fmt is not None else detect_format(file)), file
-
-
-def _limited(source: Iterator[Document], limit: int | None,
-             stats: CorpusStats) -> Iterator[Document]:
-    """Count yields and stop after ``limit`` without reading the next record."""
-    if limit == 0:
-        source.close()
-        return
-    try:
-        for doc in source:
-            stats.yielded += 1
-            yield doc
-            if limit is not None and stats.yielded >= limit:
-                return
-    finally:
-        source.close()
-        logger.debug("corpus: %s", stats.summary())
+        raise CorpusError(f"{file}: no such file or directory. Fix: check the --corpus path.")
+    fmt = fmt if fmt is not None else detect_format(file)
+    check_readable(file)
+    return [CorpusFile(file, fmt)]

@@ -30,7 +30,7 @@ _CSV_CHUNK_ROWS = 1024
 
 
 def _read_parquet(path: Path, title_column: str, text_column: str, id_column: str | None,
-                  stats: CorpusStats) -> Iterator[Document]:
+                  stats: CorpusStats, id_prefix: str = "") -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -40,11 +40,11 @@ def _read_parquet(path: Path, title_column: str, text_column: str, id_column: st
         raise CorpusError(f"{path}: not a readable parquet file ({exc}). Fix: check the file, "
                           f"or pass --format if it is another format.") from exc
     id_col = _check_columns(path, names, title_column, text_column, id_column)
-    return _parquet_rows(path, title_column, text_column, id_col, stats)
+    return _parquet_rows(path, title_column, text_column, id_col, stats, id_prefix)
 
 
 def _parquet_rows(path: Path, title_column: str, text_column: str, id_col: str | None,
-                  stats: CorpusStats) -> Iterator[Document]:
+                  stats: CorpusStats, id_prefix: str) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -59,7 +59,7 @@ def _parquet_rows(path: Path, title_column: str, text_column: str, id_col: str |
                 ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
                 for doc_id, title, text in zip(ids, titles, texts):
                     stats.read += 1
-                    doc = _document(ordinal, doc_id, title, text, stats)
+                    doc = _document(f"{id_prefix}{ordinal}", doc_id, title, text, stats)
                     ordinal += 1
                     if doc is not None:
                         yield doc
@@ -83,36 +83,45 @@ def _open_text(path: Path) -> IO[str]:
 
 
 def _read_jsonl(path: Path, title_column: str, text_column: str, id_column: str | None,
-                stats: CorpusStats) -> Iterator[Document]:
+                stats: CorpusStats, id_prefix: str = "") -> Iterator[Document]:
     id_col: str | None = None
     checked = False
     warned = False
     line_no = 0
     ordinal = 0
     try:
-        with _open_text(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                record = _json_record(path, line, line_no)
-                if not checked:
-                    id_col = _check_columns(path, record.keys(), title_column, text_column,
-                                            id_column, where=f": line {line_no}")
-                    checked = True
-                stats.read += 1
-                if text_column not in record and not warned:
-                    logger.warning("%s: line %d has no %r key; such lines are skipped as empty",
-                                   path, line_no, text_column)
-                    warned = True
-                doc = _document(ordinal, record.get(id_col) if id_col else None,
-                                record.get(title_column), record.get(text_column), stats)
-                ordinal += 1
-                if doc is not None:
-                    yield doc
+        for line_no, record in _json_lines(path):
+            if not checked:
+                if len(record) == 1 and isinstance(record.get("index", record.get("create")),
+                                                   dict):
+                    raise CorpusError(
+                        f"{path}: line {line_no}: an index line, as in a CirrusSearch dump "
+                        f"(index and document lines alternate). Fix: pass --format cirrus.")
+                id_col = _check_columns(path, record.keys(), title_column, text_column,
+                                        id_column, where=f": line {line_no}")
+                checked = True
+            stats.read += 1
+            if text_column not in record and not warned:
+                logger.warning("%s: line %d has no %r key; such lines are skipped as empty",
+                               path, line_no, text_column)
+                warned = True
+            doc = _document(f"{id_prefix}{ordinal}", record.get(id_col) if id_col else None,
+                            record.get(title_column), record.get(text_column), stats)
+            ordinal += 1
+            if doc is not None:
+                yield doc
     except (EOFError, OSError, UnicodeError) as exc:
         raise CorpusError(f"{path}: cannot read past line {line_no} ({type(exc).__name__}: "
                           f"{exc}). Fix: check that the file is complete UTF-8 JSON Lines, or "
                           f"re-download it.") from exc
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file (.gz/.bz2 too)."""
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, _json_record(path, line, line_no)
 
 
 def _json_record(path: Path, line: str, line_no: int) -> dict[str, Any]:
@@ -134,7 +143,7 @@ def _json_record(path: Path, line: str, line_no: int) -> dict[str, Any]:
 
 
 def _read_csv(path: Path, title_column: str, text_column: str, id_column: str | None,
-              stats: CorpusStats) -> Iterator[Document]:
+              stats: CorpusStats, id_prefix: str = "") -> Iterator[Document]:
     import pandas as pd
 
     ordinal = 0
@@ -153,7 +162,7 @@ def _read_csv(path: Path, title_column: str, text_column: str, id_column: str | 
                 for doc_id, title, text in zip(ids, chunk[title_column].tolist(),
                                                chunk[text_column].tolist()):
                     stats.read += 1
-                    doc = _document(ordinal, doc_id, title, text, stats)
+                    doc = _document(f"{id_prefix}{ordinal}", doc_id, title, text, stats)
                     ordinal += 1
                     if doc is not None:
                         yield doc

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,8 @@ from tqdm.auto import tqdm
 
 from pipeline.index.chunking import ChunkConfig, Chunker
 from pipeline.corpus.documents import CorpusStats
+from pipeline.corpus.files import corpus_files, is_sharded, sharded_identity
+from pipeline.corpus.multifile import LEDGER_FILE
 from pipeline.corpus.stream import iter_documents, skip_documents
 from pipeline.index.embedding import DEFAULT_EMBEDDER, Embedder
 from pipeline.errors import OpenbookError
@@ -108,7 +109,9 @@ class BuildConfig:
 def fingerprint(cfg: BuildConfig, embedder) -> dict:
     """What decides the passages and vectors of a build: a resumed build must match it."""
     corpus = {"format": cfg.format, "path": None}
-    if cfg.format != "demo" and cfg.corpus is not None:
+    if cfg.format != "demo" and cfg.corpus is not None and is_sharded(cfg.corpus):
+        corpus = sharded_identity(cfg.corpus, cfg.format)  # every file's size and mtime
+    elif cfg.format != "demo" and cfg.corpus is not None:
         st = Path(cfg.corpus).stat()
         corpus = {"format": cfg.format, "path": str(Path(cfg.corpus).resolve()),
                   "bytes": st.st_size, "mtime": int(st.st_mtime)}
@@ -120,14 +123,20 @@ def fingerprint(cfg: BuildConfig, embedder) -> dict:
 
 
 def estimate_passages(cfg: BuildConfig) -> int:
-    """A rough passage count from the corpus file's size (for the up-front estimate only)."""
+    """A rough passage count from the corpus files' sizes (for the up-front estimate only)."""
     from pipeline.corpus.demo import demo_corpus_path
 
-    path = demo_corpus_path() if cfg.format == "demo" else Path(cfg.corpus)
-    size = path.stat().st_size
-    name = path.name.lower()
-    text = size * (2.5 if name.endswith(".bz2") else 3.0 if name.endswith(".gz")
-                   else 2.0 if name.endswith(".parquet") else 0.8)
+    if cfg.format == "demo":
+        paths = [demo_corpus_path()]
+    elif is_sharded(cfg.corpus):
+        paths = [f.path for f in corpus_files(cfg.corpus, cfg.format)]
+    else:
+        paths = [Path(cfg.corpus)]
+    text = 0.0
+    for path in paths:
+        name = path.name.lower()
+        text += path.stat().st_size * (2.5 if name.endswith(".bz2") else 3.0 if name.endswith(".gz")
+                                       else 2.0 if name.endswith(".parquet") else 0.8)
     chars = 4 * max(16, cfg.chunk.max_tokens - cfg.chunk.overlap_tokens)
     n = max(1, int(text / chars))
     return n if cfg.limit is None else min(n, max(1, 5 * cfg.limit))
@@ -145,8 +154,6 @@ def build_index(cfg: BuildConfig) -> dict:
     """Build the index described by ``cfg``; return its ``meta.json`` contents."""
     if cfg.format != "demo" and cfg.corpus is None:
         raise OpenbookError("--corpus is required unless --format demo")
-    if cfg.corpus is not None and cfg.format != "demo" and not Path(cfg.corpus).exists():
-        raise OpenbookError(f"--corpus {cfg.corpus}: no such file")
     if cfg.shard_size < 1:
         raise OpenbookError(f"--shard-size must be 1 or more, got {cfg.shard_size}")
     if cfg.engine not in ("local", "ray"):
@@ -159,13 +166,12 @@ def build_index(cfg: BuildConfig) -> dict:
     docs = iter_documents(cfg.corpus, cfg.format, title_column=cfg.title_column,
                           text_column=cfg.text_column, id_column=cfg.id_column,
                           limit=cfg.limit, stats=stats)
-    first = next(docs, None)  # bad columns / unreadable file: fail before loading the model
+    first = docs.peek()  # bad columns / unreadable file: fail before loading the model
     if first is None:
         raise OpenbookError(
             f"--corpus {cfg.corpus if cfg.format != 'demo' else 'demo'}: no passages to index: "
             f"no document has any text ({stats.summary()}); check --format, --text-column and "
             "--limit (a dump whose pages are empty, redirects or only templates gives nothing)")
-    docs = itertools.chain([first], docs)
     out = Path(cfg.out)
     lock = BuildLock(out)  # held from here to the end: one build per --out, before any model
     try:
@@ -215,6 +221,7 @@ def _build(cfg: BuildConfig, docs, stats: CorpusStats, lock: BuildLock, t0: floa
     except OSError as e:
         raise output_error(cfg.out, e, where=partial, old_kept=old_kept) from e
     try:
+        docs.ledger.attach(writer.partial / LEDGER_FILE)  # finished corpus files: skipped on resume
         if cfg.engine == "ray":
             from pipeline.index.ray_engine import embed_shards_ray
 
@@ -250,6 +257,7 @@ def _build(cfg: BuildConfig, docs, stats: CorpusStats, lock: BuildLock, t0: floa
             from pipeline.index.ray_engine import add_ivf_ray
 
             add_ivf = functools.partial(add_ivf_ray, address=cfg.ray_address)
+        docs.ledger.remove()  # not part of the published index
         meta = writer.finish(meta, spec, keep_vectors=cfg.keep_vectors, progress=cfg.progress,
                              add_ivf=add_ivf)
     except (KeyboardInterrupt, KeptShardsError) as e:
