@@ -41,6 +41,8 @@ def _match(name: str) -> tuple[str, str] | None:
         if name.endswith(suffix):
             if fmt == "jsonl" and _CIRRUS_MARK in name:
                 return suffix, "cirrus"
+            if suffix == ".bz2" and ".txt" in name:  # a multistream dump's index
+                return None
             return suffix, fmt
     return None
 
@@ -50,6 +52,8 @@ def format_of(path: str | os.PathLike[str]) -> str | None:
 
     >>> format_of("train-00000-of-00041.parquet"), format_of("README.md")
     ('parquet', None)
+    >>> format_of("enwiki-20240101-pages-articles-multistream-index1.txt-p1p41242.bz2") is None
+    True
     """
     found = _match(Path(path).name.lower())
     return found[1] if found else None

@@ -8,6 +8,7 @@ files unread.
 
 from __future__ import annotations
 
+import bz2
 import json
 import os
 from pathlib import Path
@@ -100,6 +101,22 @@ def test_limit_counts_over_all_files(tmp_path):
     assert [d.title for d in docs] == ["Topic 0", "Topic 1", "Topic 2", "Topic 4", "Topic 5",
                                        "Topic 6"]
     assert stats.yielded == 6 and stats.read == 7  # stopped inside the second file
+
+
+def test_split_xml_dumps_are_read_in_natural_order_and_their_indexes_ignored(tmp_path):
+    from test_corpus import HEADER, FOOTER, _page
+
+    folder = tmp_path / "enwiki"
+    folder.mkdir()
+    for part, first in ((1, 10), (2, 20), (10, 100)):
+        name = f"enwiki-20240101-pages-articles-multistream{part}.xml-p{first}p{first + 1}.bz2"
+        pages = "".join(_page(f"P{first + i}", 0, first + i, f"Page {first + i} text.")
+                        for i in range(2))
+        (folder / name).write_bytes(bz2.compress((HEADER + pages + FOOTER).encode()))
+        index = f"enwiki-20240101-pages-articles-multistream-index{part}.txt-p{first}p{first + 1}.bz2"
+        (folder / index).write_bytes(bz2.compress(b"600:10:P10\n"))
+    docs = list(iter_documents(folder))
+    assert [d.doc_id for d in docs] == ["10", "11", "20", "21", "100", "101"]  # page ids
 
 
 def test_clashing_names_are_labelled_by_folder(tmp_path):
