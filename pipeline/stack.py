@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gate", dest="gate", action="store_false", default=None,
                    help="one weight per feature whatever the contexts (default: the run's; "
                         "gated by the evidence confidence for readers trained since it exists)")
+    p.add_argument("--rerank", default=None, metavar="NAME_OR_PATH",
+                   help="cross-encoder reranking the validation contexts (default: the run's; "
+                        "'none': no reranking). The reader keeps the run's setting for predict")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: the run's, else auto)")
     add_output_args(p)
     return p
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     s = restack(args.reader, valid=args.valid, features=args.features, device=args.device,
-                progress=not args.no_progress, gate=args.gate)
+                progress=not args.no_progress, gate=args.gate, rerank=args.rerank)
     info = s.describe()
     sys.stdout.write(f"stacker of {args.reader}: valid MAP@3 {info['valid_map@3_reader']:.4f} "
                      f"(reader) -> {info['valid_map@3_stacked_in_sample']:.4f} (stacked, in-sample); "

@@ -78,7 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last/")
     c = p.add_argument_group("contexts")
-    c.add_argument("--index", metavar="DIR", help="index to retrieve contexts from, as predict")
+    c.add_argument("--index", metavar="DIR", action="append",
+                   help="index to retrieve contexts from, as predict; repeat to search several "
+                        "(fused by reciprocal rank; the reader records them all)")
     c.add_argument("--use-context-column", action="store_true",
                    help="use the CSVs' 'context' column instead of retrieval")
     c.add_argument("--contexts-train", type=int, metavar="K",
@@ -93,6 +95,11 @@ def parser() -> argparse.ArgumentParser:
                         f"predict's default (default {D['focus']})")
     c.add_argument("--embedder", metavar="NAME_OR_PATH",
                    help="where the index's embedder is, if not where it was at build time")
+    c.add_argument("--rerank", metavar="NAME_OR_PATH",
+                   help="cross-encoder reranking the retrieved passages (as predict --rerank); "
+                        "saved with the reader, so predict reranks as training did")
+    c.add_argument("--rerank-top", type=int, metavar="N",
+                   help=f"first-stage candidates the reranker reads (default {D['rerank_top']})")
     t = p.add_argument_group("training")
     for flag, typ, help_ in [
             ("--max-length", int, "tokens per [context, prompt, option] (causal LM: per prompt; "
@@ -172,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     given = vars(parser().parse_args(argv))
     setup_logging(given.pop("verbose", False))
+    if isinstance(given.get("index"), list) and len(given["index"]) == 1:
+        given["index"] = given["index"][0]
     if given.get("resume"):
         state = Path(given["out"]) / LAST_DIR / "trainer_state.json"
         if not state.is_file():

@@ -114,12 +114,15 @@ class IndexSet:
 
     @classmethod
     def open(cls, paths: str | Sequence[str], *, embedder: str | None = None,
-             device: str | None = None, verify: str = "size") -> "IndexSet":
-        """Load each index (checked with ``verify``) and the embedder that built it; indexes
-        built by the same embedder share one model. ``embedder`` (``--embedder``) is where that
-        model is for the indexes it built; one that built none of them is refused."""
+             device: str | None = None, verify: str = "size",
+             stores: Sequence[IndexStore] | None = None) -> "IndexSet":
+        """Load each index (checked with ``verify``; or take the already loaded ``stores``)
+        and the embedder that built it; indexes built by the same embedder share one model.
+        ``embedder`` (``--embedder``) is where that model is for the indexes it built; one
+        that built none of them is refused."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        stores = [load_index(p, verify=verify) for p in paths]
+        stores = list(stores) if stores is not None else [load_index(p, verify=verify)
+                                                          for p in paths]
         wanted = resolve_model(embedder)[0] if embedder else None
         if embedder and not any(s.meta["embedder"]["name"] == wanted for s in stores):
             open_embedder(stores[0], embedder, device)  # raises: names the index and the fix

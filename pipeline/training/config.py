@@ -52,7 +52,7 @@ class TrainConfig:
 
     train: list[str]                    # one or more CSVs (a single path is accepted)
     out: str
-    index: str | None = None            # required unless use_context_column
+    index: str | list | None = None     # required unless use_context_column; several: fused (RRF)
     model: str | None = None            # default: the all-MiniLM-L6-v2 folder
     valid: str | None = None
     valid_split: float = 0.1            # without --valid: this fraction of TRAIN held out (0: none)
@@ -62,6 +62,8 @@ class TrainConfig:
     query: str = "prompt+options"
     focus: str = "none"                 # or "sentences": see pipeline.retrieval.focus
     embedder: str | None = None         # where the index's embedder is (as predict --embedder)
+    rerank: str | None = None           # cross-encoder reranking the retrieved passages (as predict)
+    rerank_top: int = 20                # first-stage candidates it reads
     max_length: int = 256
     epochs: int = 2
     batch_size: int = 4
@@ -185,7 +187,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
             if _resolved(v) != _resolved(saved[k]):
                 raise OpenbookError(f"--resume: TRAIN.csv {v} differs from the run's {saved[k]}")
         elif k in ("valid", "index", "out") and v is not None and saved.get(k) is not None:
-            if Path(v).resolve() != Path(saved[k]).resolve():
+            if _resolved(v) != _resolved(saved[k]):
                 raise OpenbookError(f"--resume: {k} {v} differs from the run's {saved[k]}")
         elif saved.get(k) != v:
             raise OpenbookError(f"--resume: --{k.replace('_', '-')} {v} differs from the run's "
@@ -196,6 +198,13 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
 
 def _resolved(paths: str | Sequence[str]) -> list[Path]:
     return [Path(p).resolve() for p in ([paths] if isinstance(paths, str) else paths)]
+
+
+def index_paths(index: str | Sequence[str] | None) -> list[str]:
+    """``TrainConfig.index`` as a list of paths (empty without an index)."""
+    if not index:
+        return []
+    return [str(index)] if isinstance(index, (str, os.PathLike)) else [str(p) for p in index]
 
 
 # Fields added after readers were first saved, with the value those readers were trained with.

@@ -28,9 +28,10 @@ from pipeline.errors import OpenbookError
 from pipeline.fileio import write_text_atomic
 from pipeline.index.store import load_index
 from pipeline.questions import LETTERS, Question, load_questions
-from pipeline.retrieval.retriever import RetrievalConfig, retrieve
-from pipeline.retrieval.setup import open_embedder
-from pipeline.training.config import CONTEXTS_FILE, HOLDOUT_FILE, MAX_HOLDOUT, MIN_HOLDOUT, TrainConfig
+from pipeline.retrieval.indexes import IndexSet
+from pipeline.retrieval.retriever import RetrievalConfig
+from pipeline.training.config import (CONTEXTS_FILE, HOLDOUT_FILE, MAX_HOLDOUT, MIN_HOLDOUT,
+                                      TrainConfig, index_paths)
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,16 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
                   write_cache: bool = True):
     """``({split: [context, ...]}, retrieval settings)``, cached in ``OUT/contexts.jsonl``
     (read when its key matches; rewritten after a retrieval unless ``write_cache`` is false)."""
+    paths = index_paths(cfg.index)
+    resolved = [str(Path(p).resolve()) for p in paths]
     settings: dict[str, Any] = {"source": "context column" if cfg.use_context_column else "index",
                                 "query": cfg.query, "focus": cfg.focus, "top_k": cfg.contexts_infer,
                                 "top_k_train": cfg.contexts_train, "embedder": None,
-                                "index": str(Path(cfg.index).resolve()) if cfg.index else None}
-    store = None
-    if cfg.index:
-        store = load_index(cfg.index)
-        settings["embedder"] = store.meta["embedder"]["name"]
+                                "rerank": cfg.rerank, "rerank_top": cfg.rerank_top,
+                                "index": (resolved[0] if len(resolved) == 1 else resolved) or None}
+    stores = [load_index(p) for p in paths]
+    if stores:
+        settings["embedder"] = stores[0].meta["embedder"]["name"]
     if cfg.use_context_column:
         for name, qs in splits.items():
             if not any(q.context for q in qs):
@@ -125,12 +128,16 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
                             "are read without one", missing, len(qs), name)
         return {n: [q.context or "" for q in qs] for n, qs in splits.items()}, settings
 
-    rcfg = {"train": RetrievalConfig(top_k=cfg.contexts_train, query=cfg.query, focus=cfg.focus),
-            "valid": RetrievalConfig(top_k=cfg.contexts_infer, query=cfg.query, focus=cfg.focus)}
-    settings["retrieval_train"] = rcfg["train"].resolved(store.meta, cfg.index).to_dict()
-    settings["retrieval_infer"] = rcfg["valid"].resolved(store.meta, cfg.index).to_dict()
+    common = dict(query=cfg.query, focus=cfg.focus, rerank=cfg.rerank, rerank_top=cfg.rerank_top)
+    rcfg = {"train": RetrievalConfig(top_k=cfg.contexts_train, **common),
+            "valid": RetrievalConfig(top_k=cfg.contexts_infer, **common)}
+    for name, split in (("train", "retrieval_train"), ("valid", "retrieval_infer")):
+        for store, path in zip(stores, paths):
+            rcfg[name] = rcfg[name].resolved(store.meta, path)  # BM25, reranker: fail now
+        settings[split] = rcfg[name].to_dict()
+    metas = [{k: st.meta.get(k) for k in ("embedder", "counts", "created")} for st in stores]
     key = {"settings": settings, "ids": {n: [q.id for q in qs] for n, qs in splits.items()},
-           "index_meta": {k: store.meta.get(k) for k in ("embedder", "counts", "created")}}
+           "index_meta": metas[0] if len(metas) == 1 else metas}
     cache = Path(cfg.out) / CONTEXTS_FILE
     if cache.is_file():
         lines = cache.read_text(encoding="utf-8").splitlines()
@@ -142,14 +149,14 @@ def load_contexts(cfg: TrainConfig, splits: dict[str, list[Question]], device: s
             log.info("contexts from the cache %s", cache)
             return got, settings
         log.info("%s was made with other settings: retrieving again", cache)
-    embedder = open_embedder(store, cfg.embedder, device)
+    indexes = IndexSet.open(paths, embedder=cfg.embedder, device=device, stores=stores)
     got, rows = {}, [{"key": key}]
     for name, qs in splits.items():
-        ctx = retrieve(qs, store, embedder, rcfg[name], progress=cfg.progress)
+        ctx = indexes.retrieve(qs, rcfg[name], progress=cfg.progress)
         got[name] = [c.joined() for c in ctx]
         rows += [{"split": name, "id": q.id, "passages": c.passage_ids, "context": c.joined()}
                  for q, c in zip(qs, ctx)]
     if write_cache:
         write_text_atomic(cache, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    del embedder
+    del indexes
     return got, settings

@@ -32,7 +32,7 @@ from pipeline.readers.record import READER_CONFIG, load_reader_record
 from pipeline.readers.stacking import (CONTEXT_FEATURES, STACK_FILE, Stacker, context_features,
                                        gated_features, reader_feature)
 from pipeline.retrieval.setup import open_embedder
-from pipeline.training.config import TrainConfig, _known_fields
+from pipeline.training.config import TrainConfig, _known_fields, index_paths
 from pipeline.training.data import load_contexts
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 def stack_embedder(cfg: TrainConfig, device: str):
     """The embedder for the stacker's dense/consensus features: the index's (as predict)."""
-    if cfg.index:
-        return open_embedder(load_index(cfg.index), cfg.embedder, device)
+    if cfg.index:  # the first index's embedder, as predict's evidence features use
+        return open_embedder(load_index(index_paths(cfg.index)[0]), cfg.embedder, device)
     return Embedder(cfg.embedder or "minilm", device=device)
 
 
@@ -83,11 +83,13 @@ def fit_stacker(cfg: TrainConfig, out: Path, qs: Sequence[Question], contexts: S
 
 
 def restack(out: str | Path, valid: str | None = None, features: Sequence[str] | None = None,
-            device: str | None = None, progress: bool = True, gate: bool | None = None) -> Stacker:
+            device: str | None = None, progress: bool = True, gate: bool | None = None,
+            rerank: str | None = None) -> Stacker:
     """Fit (again) the stacker of the trained reader in ``out``, without training.
 
     Uses the reader's saved training config (index, retrieval settings, validation CSV);
-    ``valid``, ``features`` and ``gate`` replace the saved ones. For readers trained before a
+    ``valid``, ``features``, ``gate`` and ``rerank`` (a cross-encoder, or ``"none"``) replace
+    the saved ones. For readers trained before a
     change to the stacker, or to fit it on other labelled questions.
     """
     out = Path(out)
@@ -108,6 +110,8 @@ def restack(out: str | Path, valid: str | None = None, features: Sequence[str] |
         cfg_d["stack_features"] = tuple(features)
     if gate is not None:
         cfg_d["stack_gate"] = gate
+    if rerank is not None:
+        cfg_d["rerank"] = None if rerank.lower() == "none" else rerank
     if not cfg_d.get("valid"):
         raise OpenbookError(f"{out} was trained without --valid: pass --valid VALID.csv "
                             "(labelled questions the reader was not trained on)")
