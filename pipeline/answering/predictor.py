@@ -144,7 +144,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     retrieval = indexes.resolved(reader_retrieval(cfg))  # BM25 asked, none: fail now
     if cfg.verify_index == "full" and retrieval.retriever in ("bm25", "hybrid"):
         indexes.verify_bm25("full")
-    embedder = indexes.embedder
+    embedder = indexes.embedder  # loaded only now: a damaged index was refused before
     guard = None
     if cfg.time_budget is None:
         contexts = indexes.retrieve(questions, retrieval, progress=cfg.progress)

@@ -65,7 +65,7 @@ class IndexEntry:
     name: str
     path: str
     store: IndexStore
-    embedder: Embedder
+    embedder: Embedder | None = None  # loaded on first use (IndexSet._load_embedders)
 
 
 def _norm(text: str) -> str:
@@ -107,42 +107,56 @@ def fuse_contexts(lists: Sequence[Contexts], names: Sequence[str], *, k: float =
 class IndexSet:
     """One or more opened indexes (see the module docstring); ``embedder`` is the first's."""
 
-    def __init__(self, entries: Sequence[IndexEntry]):
+    def __init__(self, entries: Sequence[IndexEntry], *, embedder: str | None = None,
+                 device: str | None = None):
         if not entries:
             raise OpenbookError("give at least one --index DIR")
         self.entries = list(entries)
+        self.requested = embedder  # --embedder: where the model of the indexes it built is
+        self.device = device
 
     @classmethod
     def open(cls, paths: str | Sequence[str], *, embedder: str | None = None,
              device: str | None = None, verify: str = "size",
              stores: Sequence[IndexStore] | None = None) -> "IndexSet":
-        """Load each index (checked with ``verify``; or take the already loaded ``stores``)
-        and the embedder that built it; indexes built by the same embedder share one model.
-        ``embedder`` (``--embedder``) is where that model is for the indexes it built; one
-        that built none of them is refused."""
+        """Load each index (checked with ``verify``; or take the already loaded ``stores``).
+        The embedders that built them are loaded on first use (:attr:`embedder`,
+        :meth:`retrieve`), so a damaged index is refused before any model is read; indexes
+        built by the same embedder share one model. ``embedder`` (``--embedder``) is where
+        that model is for the indexes it built; one that built none of them is refused."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         stores = list(stores) if stores is not None else [load_index(p, verify=verify)
                                                           for p in paths]
         wanted = resolve_model(embedder)[0] if embedder else None
         if embedder and not any(s.meta["embedder"]["name"] == wanted for s in stores):
-            open_embedder(stores[0], embedder, device)  # raises: names the index and the fix
+            open_embedder(stores[0], embedder, device)  # raises before loading: names the fix
+        return cls([IndexEntry(name, str(path), store)
+                    for name, path, store in zip(unique_names(paths), paths, stores)],
+                   embedder=embedder, device=device)
+
+    def _load_embedders(self) -> None:
+        """Open the embedder of every index (once; one model per embedder name)."""
+        if all(e.embedder is not None for e in self.entries):
+            return
+        wanted = resolve_model(self.requested)[0] if self.requested else None
         models: dict[str, Embedder] = {}
-        entries = []
-        for name, path, store in zip(unique_names(paths), paths, stores):
-            built = store.meta["embedder"]["name"]
+        for e in self.entries:
+            built = e.store.meta["embedder"]["name"]
             if built not in models:
-                models[built] = open_embedder(store, embedder if built == wanted else None, device)
+                models[built] = open_embedder(e.store, self.requested if built == wanted else None,
+                                              self.device)
             else:
-                check_same_embedder(store, models[built])
-            entries.append(IndexEntry(name, str(path), store, models[built]))
-        if len(entries) > 1:
-            log.info("%d indexes, fused by reciprocal rank: %s", len(entries),
+                check_same_embedder(e.store, models[built])
+            e.embedder = models[built]
+        if len(self.entries) > 1:
+            log.info("%d indexes, fused by reciprocal rank: %s", len(self.entries),
                      ", ".join(f"{e.name} ({e.store.size} passages, {e.embedder.name})"
-                               for e in entries))
-        return cls(entries)
+                               for e in self.entries))
 
     @property
     def embedder(self) -> Embedder:
+        """The first index's embedder (loaded now if it was not yet)."""
+        self._load_embedders()
         return self.entries[0].embedder
 
     @property
@@ -167,6 +181,7 @@ class IndexSet:
     def retrieve(self, questions: Sequence, config: RetrievalConfig = RetrievalConfig(), *,
                  progress: bool = True, device: str | None = None) -> list[Contexts]:
         """Top passages per question from all indexes (see the module docstring)."""
+        self._load_embedders()
         if len(self.entries) == 1:
             e = self.entries[0]
             return retrieve(questions, e.store, e.embedder, config, progress=progress,
