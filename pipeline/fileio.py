@@ -7,11 +7,13 @@ the old version or the new one, never half of either:
 * :func:`write_json_atomic` / :func:`write_text_atomic`: temp file beside the
   target, fsync, rename;
 * :func:`write_files_atomic`: several files all or none (a submission and its
-  report);
+  report), without replacing any unless asked;
+* :func:`check_output_file`: the refusal of an output file that exists (without
+  ``--overwrite``), is an input of the run or another output, run before any work;
 * :func:`publish_dir`: a complete temp folder renamed onto a folder, the old
   one removed only after the new one is in place;
 * :func:`check_output_dir`: the refusal to replace a non-empty folder without
-  ``--overwrite``, run before any work is done;
+  ``--overwrite``, or one the command did not write even with it, run before any work;
 * :func:`sha256_file`: streamed sha256 of a file.
 
 Example::
@@ -29,12 +31,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.errors import OpenbookError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read when hashing
 
@@ -67,22 +72,58 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     os.replace(tmp, path)
 
 
-def _write_error(path: Path, flag: str, e: OSError) -> OpenbookError:
+def _write_error(path: Path, flag: str, e: OSError, replaced: Sequence[Path] = ()) -> OpenbookError:
+    if replaced:  # cannot happen by design (each replaced file is put back); say so if it does
+        undo = f"; {', '.join(map(str, replaced))} could not be restored"
+    else:
+        undo = ". Nothing was replaced: the previous file, if any, is untouched"
     return OpenbookError(
         f"{flag} {path}: cannot write it ({e.strerror or e}); free some disk space or choose "
-        f"another {flag}. Nothing was replaced: the previous file, if any, is untouched")
+        f"another {flag}{undo}")
 
 
-def write_files_atomic(files: Sequence[tuple[Path, str, str]]) -> None:
-    """Write ``(path, text, flag)`` files all or none: each goes to a temp file in its own
-    folder first, and only when every one is written are they renamed into place. On a
-    failure (disk full ...) the temp files are removed and the old files stay as they were;
-    the error names the file and its ``flag``."""
-    done: list[tuple[Path, Path]] = []
+def _publish_new(tmp: Path, path: Path, flag: str) -> None:
+    """Give ``tmp`` the name ``path`` only if ``path`` does not exist (a hard link, which
+    never replaces; an exclusive create where hard links are not supported)."""
     try:
-        for path, text, flag in files:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            done.append((tmp, path))
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise OpenbookError(f"{flag} {path} appeared while this run was working (another run "
+                            f"wrote it?); nothing was replaced: pass --overwrite to replace it, "
+                            f"or choose another {flag}") from None
+    except OSError:  # no hard links on this filesystem: claim the name, then rename onto it
+        pass
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise OpenbookError(f"{flag} {path} appeared while this run was working (another run "
+                            f"wrote it?); nothing was replaced: pass --overwrite to replace it, "
+                            f"or choose another {flag}") from None
+    os.replace(tmp, path)
+
+
+def write_files_atomic(files: Sequence[tuple[Path, str, str]], *, overwrite: bool = True) -> None:
+    """Write ``(path, text, flag)`` files all or none: each goes to a temp file in its own
+    folder first, and only when every one is written are they put in place. On a failure
+    (disk full, a name taken meanwhile ...) the temp files are removed and every file
+    already put in place is put back as it was (the old one restored, a new one removed);
+    the error names the file and its ``flag``.
+
+    ``overwrite=False`` never replaces an existing file, even one that appeared while the
+    caller was working (two runs to the same ``--out``): the second one fails cleanly."""
+    paths = [Path(path).absolute() for path, _, _ in files]
+    if len(set(map(os.path.realpath, paths))) != len(paths):
+        raise OpenbookError("the output files must differ: " + ", ".join(
+            f"{flag} {path}" for path, _, flag in files))
+    tag = f"{os.getpid()}-{id(files)}"
+    temps: list[Path] = []
+    backups: list[Path] = []
+    placed: list[tuple[Path, Path | None]] = []  # (path, backup of its previous content)
+    try:
+        for path, (_, text, flag) in zip(paths, files):
+            tmp = path.with_name(f".{path.name}.tmp-{tag}")
+            temps.append(tmp)
             try:
                 with open(tmp, "w", encoding="utf-8", newline="") as f:
                     f.write(text)
@@ -90,13 +131,33 @@ def write_files_atomic(files: Sequence[tuple[Path, str, str]]) -> None:
                     os.fsync(f.fileno())
             except OSError as e:
                 raise _write_error(path, flag, e) from e
-        for (tmp, path), (_, _, flag) in zip(done, files):
+        for tmp, path, (_, _, flag) in zip(temps, paths, files):
             try:
+                if not overwrite:
+                    _publish_new(tmp, path, flag)
+                    placed.append((path, None))
+                    continue
+                backup = None
+                if path.exists():
+                    backup = path.with_name(f".{path.name}.old-{tag}")
+                    try:  # the old content, to put back on a later failure
+                        os.link(path, backup)
+                    except OSError:  # no hard links here
+                        shutil.copy2(path, backup)
+                    backups.append(backup)
                 os.replace(tmp, path)
+                placed.append((path, backup))
             except OSError as e:
                 raise _write_error(path, flag, e) from e
+    except BaseException:
+        for path, backup in reversed(placed):
+            try:
+                os.replace(backup, path) if backup is not None else path.unlink()
+            except OSError:
+                log.warning("could not put back %s", path)
+        raise
     finally:
-        for tmp, _ in done:
+        for tmp in temps + backups:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
@@ -147,27 +208,73 @@ def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -
     publish_dir(tmp, target)
 
 
+def check_not_cwd(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse an ``out`` that is the current folder or one holding it (``--out .``): it
+    cannot be renamed into place or aside. Returns ``out`` unchanged."""
+    out = Path(out)
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents or not out.name or out.name in (".", ".."):
+        raise OpenbookError(f"{flag} {out}: is the current folder or holds it; give a new "
+                            f"folder name, e.g. {flag} {Path('out') if not out.name else out / 'out'}")
+    return out
+
+
 def check_output_dir(out: str | os.PathLike, overwrite: bool, *, is_file: str, not_empty: str,
-                     ours: Callable[[Path], bool] | None = None, not_ours: str | None = None) -> None:
+                     ours: Callable[[Path], bool], not_ours: str | None = None) -> None:
     """Refuse, before any work, an ``out`` folder that must not be replaced.
 
     The order of the checks is the same for every command; the wording is the caller's:
 
+    * ``out`` is the current folder or holds it (``--out .``): refused;
     * ``out`` is a file: :class:`~pipeline.errors.OpenbookError` with ``is_file``;
-    * ``out`` is a non-empty folder and not ``overwrite``: ``not_empty``;
-    * ``overwrite`` given but ``ours(out)`` is false (the folder is not this command's
-      artifact, e.g. a folder of the user's files): ``not_ours``. ``--overwrite`` only
-      ever replaces what the same command wrote.
+    * ``out`` is a non-empty folder and ``ours(out)`` is false (not this command's
+      artifact, e.g. a folder of the user's files): ``not_ours``, with or without
+      ``overwrite``: ``--overwrite`` only ever replaces what the same command wrote;
+    * ``out`` is a non-empty folder of ours and not ``overwrite``: ``not_empty``.
     """
-    out = Path(out)
+    out = check_not_cwd(out)
     if out.exists() and not out.is_dir():
         raise OpenbookError(is_file)
     if out.is_dir() and any(out.iterdir()):
+        if not ours(out):
+            raise OpenbookError(not_ours or (
+                f"--out {out} is a non-empty folder this command did not write; --overwrite "
+                "only replaces this command's own output, so nothing was touched: choose "
+                "another --out"))
         if not overwrite:
             raise OpenbookError(not_empty)
-        if ours is not None and not ours(out):
-            raise OpenbookError(not_ours or f"{out} is not a folder this command wrote; "
-                                            "choose another --out")
+
+
+def _within(path: Path, other: Path) -> bool:
+    path, other = Path(os.path.realpath(path)), Path(os.path.realpath(other))
+    return path == other or other in path.parents
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool, flag: str = "--out", *,
+                      inputs: Sequence[tuple[str, str | os.PathLike]] = (),
+                      others: Sequence[tuple[str, str | os.PathLike]] = ()) -> None:
+    """Refuse, before any work, an output file ``path`` (given by ``flag``) that must not be
+    written: a folder; one of the run's ``inputs`` (``(flag, path)``: a file, or a folder
+    whose files are all refused) even with ``overwrite``; the same file as one of the
+    ``others`` outputs; an existing file without ``overwrite``; a parent folder that cannot
+    be created or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OpenbookError(f"{flag} {path} is a directory; give a file path such as "
+                            f"{path / 'submission.csv'}")
+    for other_flag, other in others:
+        if other is not None and _within(path, other):
+            raise OpenbookError(f"{flag} {path} is the same file as {other_flag} {other}; give "
+                                f"them different names")
+    for in_flag, given in inputs:
+        if given is not None and _within(path, given):
+            raise OpenbookError(f"{flag} {path} would replace {in_flag} {given}, an input of "
+                                f"this run (--overwrite never replaces an input); choose "
+                                f"another {flag}")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OpenbookError(f"{flag} {path} already exists; pass --overwrite to replace it, "
+                            f"or choose another {flag}")
+    check_parent_writable(path, flag)
 
 
 def check_parent_writable(path: str | os.PathLike, flag: str = "--out") -> None:

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import OpenbookError
-from pipeline.fileio import check_parent_writable, write_files_atomic
+from pipeline.fileio import check_output_file, write_files_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters
 from pipeline.questions import LETTERS, has_answers, load_questions
 from pipeline.readers.cascade import COMBINE, check_settings
@@ -106,15 +106,11 @@ class PredictResult:
     seconds: float = 0.0
 
 
-def check_writable(path: Path, overwrite: bool, flag: str = "--out") -> None:
-    """Fail before any work if ``path`` exists (without ``overwrite``) or can't be written."""
-    if path.exists() and path.is_dir():
-        raise OpenbookError(f"{flag} {path} is a directory; give a file path such as "
-                            f"{path / 'submission.csv'}")
-    if path.exists() and not overwrite:
-        raise OpenbookError(f"{flag} {path} already exists; pass --overwrite to replace it, "
-                            f"or choose another {flag}")
-    check_parent_writable(path, flag)
+def check_writable(path: Path, overwrite: bool, flag: str = "--out", *, inputs=(),
+                   others=()) -> None:
+    """Fail before any work if ``path`` exists (without ``overwrite``), is an input of the
+    run (``inputs``) or another output (``others``), or can't be written."""
+    check_output_file(path, overwrite, flag, inputs=inputs, others=others)
 
 
 def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str:
@@ -135,8 +131,11 @@ def predict(cfg: PredictConfig) -> PredictResult:
     t0 = time.perf_counter()
     budget_start = budget_now()
     out = Path(cfg.out)
-    check_writable(out, cfg.overwrite)
-    check_writable(cfg.report_path, True, "--report")
+    inputs = [("the questions file", cfg.questions), *(("--index", i) for i in cfg.indexes),
+              *(("--reader", r) for r in cfg.readers)]
+    check_writable(out, cfg.overwrite, inputs=inputs)
+    check_writable(cfg.report_path, cfg.overwrite, "--report", inputs=inputs,
+                   others=[("--out", out)])
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
     indexes = IndexSet.open(cfg.indexes, embedder=cfg.embedder, device=cfg.device,
@@ -186,8 +185,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
             for q, r, sc, c in zip(questions, rankings, scores, contexts)],
     }
     # Both or neither: a failed report write (disk full) leaves the old submission too.
+    # Without --overwrite nothing is replaced, even a file another run wrote meanwhile.
     write_files_atomic([(out, submission_csv(ids, rankings), "--out"),
                         (cfg.report_path, json.dumps(report, indent=1, ensure_ascii=False) + "\n",
-                         "--report")])
+                         "--report")], overwrite=cfg.overwrite)
     log.info("wrote %s and %s in %.1f s", out, cfg.report_path, result.seconds)
     return result

@@ -55,14 +55,29 @@ def library_versions() -> dict:
     return out
 
 
+def is_index_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds an openbook index (complete or not): a ``meta.json`` that is
+    a JSON object with a ``format_version``. Only such a folder is replaced by --overwrite."""
+    import json
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing, non-empty directory unless ``overwrite``."""
-    what = "a complete index" if (out / META_FILE).exists() else "files"
+    """Refuse to replace an existing, non-empty directory unless it is an index and
+    ``overwrite``; refuse a folder of other files even with ``overwrite``."""
     fileio.check_output_dir(
-        out, overwrite,
+        out, overwrite, ours=is_index_dir,
         is_file=f"--out {out} exists and is not a directory; choose another --out",
-        not_empty=f"--out {out} already holds {what}; pass --overwrite to replace it "
-                  "(the old index stays until the new one is complete), or choose another --out")
+        not_empty=f"--out {out} already holds an index; pass --overwrite to replace it "
+                  "(the old index stays until the new one is complete), or choose another --out",
+        not_ours=f"--out {out} is a non-empty folder that holds no index (no openbook "
+                 "meta.json); build_index never replaces other files, even with --overwrite: "
+                 "choose another --out (a new or empty folder)")
 
 
 class IndexWriter:

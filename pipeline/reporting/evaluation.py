@@ -158,7 +158,7 @@ def _rounded(x: float | None, nd: int = 4) -> float | None:
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an existing non-empty ``--out`` without ``overwrite``, and a file; before any work."""
     check_output_dir(
-        out, overwrite,
+        out, overwrite, ours=lambda d: (d / "metrics.json").is_file(),
         is_file=f"--out {out} is a file; give a folder for the report, e.g. {out.with_suffix('')}_report",
         not_empty=f"--out {out} already holds files; pass --overwrite to replace the folder (the old "
                   "one stays until the new report is complete), or choose another --out")
