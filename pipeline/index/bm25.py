@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 from pipeline.index.chunking import with_title
 from pipeline.errors import IndexMismatchError, OpenbookError
 from pipeline.fileio import publish_dir, sha256_file, write_json_atomic
+from pipeline.index.artifacts import check_bm25_model, check_files, short_error
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +387,14 @@ class Bm25Index:
         if not todo or k == 0:
             return scores, rows
         threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
-        res = self.model.retrieve([ids[i] for i in todo], k=k, sorted=True, return_as="tuple",
-                                  show_progress=progress, n_threads=threads)
+        try:
+            res = self.model.retrieve([ids[i] for i in todo], k=k, sorted=True,
+                                      return_as="tuple", show_progress=progress, n_threads=threads)
+        except (IndexError, ValueError) as e:  # arrays of the right size but wrong content
+            raise OpenbookError(
+                f"--index {self.path.parent}: the BM25 files in {self.path} are damaged "
+                f"({short_error(e)}); rebuild the BM25 with `python -m pipeline.bm25 --index "
+                f"{self.path.parent}` (--verify-index full checks them before any work)") from e
         found, sc = np.asarray(res.documents, dtype=np.int64), np.asarray(res.scores, np.float32)
         found[sc <= 0] = -1
         rows[todo], scores[todo] = found, np.where(sc > 0, sc, 0)
@@ -409,22 +416,20 @@ def load_bm25(index: str | Path, meta: dict | None = None, *, verify: str = "siz
     if not has_bm25(meta):
         raise Bm25MissingError(missing_message(index))
     rec = meta["bm25"]
-    for name, f in rec["files"].items():
-        p = index / name
-        if not p.exists():
-            raise OpenbookError(f"--index {index}: {name} is missing; rebuild the BM25 with "
-                                f"`python -m pipeline.bm25 --index {index}`")
-        if verify in ("size", "full") and p.stat().st_size != f["bytes"]:
-            raise OpenbookError(f"--index {index}: {name} has {p.stat().st_size} bytes, meta.json "
-                                f"says {f['bytes']}; rebuild the BM25 with "
-                                f"`python -m pipeline.bm25 --index {index}`")
-        if verify == "full" and sha256_file(p) != f["sha256"]:
-            raise OpenbookError(f"--index {index}: {name} fails its sha256 check; rebuild the BM25 "
-                                f"with `python -m pipeline.bm25 --index {index}`")
-    folder = index / rec.get("dir", BM25_DIR)
-    tokenizer = TermTokenizer.from_description(
-        json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8")))
-    model = bm25s.BM25.load(str(folder), mmap=mmap, load_corpus=False, show_progress=False)
+    source, fix = f"--index {index}", f"rebuild the BM25 with `python -m pipeline.bm25 --index {index}`"
+    check_files(index, meta, verify, source=source, fix=fix, key="bm25.files")
+    if rec.get("dir", BM25_DIR) != BM25_DIR:
+        raise OpenbookError(f"{source}: meta.json key 'bm25.dir' is {str(rec['dir'])[:60]!r}, not "
+                            f"{BM25_DIR!r} (it was edited or damaged); {fix}")
+    folder = index / BM25_DIR
+    try:
+        tokenizer = TermTokenizer.from_description(
+            json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8")))
+        model = bm25s.BM25.load(str(folder), mmap=mmap, load_corpus=False, show_progress=False)
+        check_bm25_model(model, full=verify == "full")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, re.error) as e:
+        raise OpenbookError(f"{source}: the BM25 files in {folder} are damaged ({short_error(e)}); "
+                            f"{fix} (--verify-index full checks every byte)") from e
     n = meta["counts"]["passages"]
     if int(model.scores["num_docs"]) != n:
         raise IndexMismatchError(

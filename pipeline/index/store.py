@@ -36,14 +36,13 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import IndexMismatchError, OpenbookError
-from pipeline.fileio import sha256_file
 from pipeline.index import faiss_index
+from pipeline.index.artifacts import META_FILE, check_files, meta_value
 from pipeline.index.shards import PASSAGE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-META_FILE = "meta.json"
 INDEX_FILE = "faiss.index"
 PASSAGES_FILE = "passages.parquet"
 VECTORS_FILE = "vectors.f32"
@@ -56,13 +55,17 @@ def read_meta(path: str | Path) -> dict:
     if not path.is_dir():
         raise OpenbookError(f"--index {path}: no such directory; build one with "
                             f"`python -m pipeline.build_index --out {path}`")
-    if not meta_path.exists():
+    if not meta_path.is_file():
         raise OpenbookError(f"--index {path}: no {META_FILE}, so this is not an openbook index "
                             "(or its build never finished); rebuild it with pipeline.build_index")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise OpenbookError(f"--index {path}: {META_FILE} is unreadable ({e}); rebuild the index") from e
+    source, fix = f"--index {path}", "rebuild the index"
+    if not isinstance(meta, dict):
+        raise OpenbookError(f"{source}: {META_FILE} holds a JSON {type(meta).__name__}, not an "
+                            f"object (it was edited or damaged); {fix}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise IndexMismatchError(
             f"--index {path}: format version {meta.get('format_version')} but this openbook "
@@ -70,14 +73,13 @@ def read_meta(path: str | Path) -> dict:
     if not meta.get("complete"):
         raise OpenbookError(f"--index {path}: the build did not finish (complete=false); "
                             "run the same pipeline.build_index command again")
-    for keys in (("embedder", "name"), ("embedder", "dim"), ("embedder", "normalize"),
-                 ("counts", "passages"), ("index", "factory")):
-        node = meta
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        if node is None:
-            raise OpenbookError(f"--index {path}: {META_FILE} has no {'.'.join(keys)!r} (it was "
-                                "edited or damaged); rebuild the index")
+    # every field read anywhere, of the right type (a hostile meta.json is one line, no traceback)
+    for key, kind, extra in (("embedder.name", str, {}), ("embedder.dim", int, {"minimum": 1}),
+                             ("embedder.normalize", bool, {}),
+                             ("counts.passages", int, {"minimum": 0}),
+                             ("index.factory", str, {}),
+                             ("index.nprobe", int, {"minimum": 1, "optional": True})):
+        meta_value(meta, key, kind, source=source, fix=fix, **extra)
     return meta
 
 
@@ -106,7 +108,14 @@ class IndexStore:
                                      f"{self.path} holds {self.dim}-d vectors")
         faiss_index.set_nprobe(self.index, nprobe)
         k = min(k, self.size)
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        if len(ids) and k and (np.isnan(scores[ids >= 0]).any() or (ids < 0).all()):
+            what = "NaN scores" if (ids >= 0).any() else f"no passage for any of {len(ids)} queries"
+            raise OpenbookError(
+                f"--index {self.path}: the search gave {what}: the vectors in {INDEX_FILE} are "
+                "damaged (a same-size change the default size check cannot see); check it with "
+                "--verify-index full and rebuild the index")
+        return scores, ids
 
     def passages(self, ids: Sequence[int]) -> list[dict]:
         """Rows ``ids`` of the passage table as dicts, in the order given.
@@ -186,16 +195,7 @@ def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
             f"--index {path} was built with embedder {meta['embedder']['name']!r} but "
             f"{embedder!r} was asked for; drop --embedder to use the index's own, or rebuild "
             f"the index with --embedder {embedder}")
-    for name, rec in meta.get("files", {}).items():
-        p = path / name
-        if not p.exists():
-            raise OpenbookError(f"--index {path}: {name} is missing; rebuild the index")
-        if verify in ("size", "full") and p.stat().st_size != rec["bytes"]:
-            raise OpenbookError(f"--index {path}: {name} has {p.stat().st_size} bytes, meta.json "
-                                f"says {rec['bytes']}: the file is damaged; rebuild the index")
-        if verify == "full" and sha256_file(p) != rec["sha256"]:
-            raise OpenbookError(f"--index {path}: {name} fails its sha256 check: the file is "
-                                "damaged; rebuild the index")
+    check_files(path, meta, verify, source=f"--index {path}", fix="rebuild the index")
     damaged = ("the file is damaged or was not written completely; rebuild the index "
                "(--verify-index full checks every byte)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
