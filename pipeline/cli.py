@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import sys
 from typing import Callable, Sequence
 
@@ -33,8 +34,23 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # Third-party chatter that says nothing to our users.
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "sentence_transformers",
-                  "transformers", "faiss"):
+                  "transformers", "faiss", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # bm25s sets its own logger to DEBUG when imported: drop DEBUG at the handler too
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.INFO)
+        quiet_library_progress()
+
+
+def quiet_library_progress() -> None:
+    """No progress bars of the Hugging Face libraries' own (``Loading weights``, downloads):
+    ours say what is happening; theirs only show with ``-v``."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -51,6 +67,16 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a pickle
+        log.debug("refused pickle", exc_info=True)
+        where = _unpickled_file(e)
+        msg = (f"refused to load {where or 'a pickle-based weights file'}: it is a pickle that "
+               f"holds more than weights, and loading it could "
+               "run code, so it was not loaded; use a model folder saved as model.safetensors "
+               "(save_pretrained(..., safe_serialization=True)) from a source you trust")
+        log.error("%s", msg)
+        sys.stderr.write(f"error: {msg}\n")
+        return EXIT_USER_ERROR
     except OSError as e:  # a disk filled up somewhere the library did not expect it
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
@@ -61,3 +87,15 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         log.error("%s", msg)
         sys.stderr.write(f"error: {msg}\n")
         return EXIT_USER_ERROR
+
+
+def _unpickled_file(e: BaseException) -> str | None:
+    """The file ``torch.load`` was reading when it refused ``e`` (from the traceback)."""
+    tb, found = e.__traceback__, None
+    while tb is not None:
+        code, local = tb.tb_frame.f_code, tb.tb_frame.f_locals
+        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            f = local.get("f")
+            found = str(f) if isinstance(f, (str, os.PathLike)) else found
+        tb = tb.tb_next
+    return found

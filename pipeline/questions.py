@@ -193,6 +193,26 @@ class _BadUtf8:
     byte: int
 
 
+#: The most read from something that is not a regular file (a pipe, ``<(...)``, a device).
+MAX_STREAM_BYTES = 64 << 20
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A regular file whole; a pipe or device at most :data:`MAX_STREAM_BYTES` (``/dev/zero``
+    or ``/dev/urandom`` would otherwise be read until memory runs out)."""
+    import stat
+
+    if stat.S_ISREG(path.stat().st_mode):
+        return path.read_bytes()
+    with open(path, "rb") as f:
+        data = f.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise InputError(path, f"is not a regular file and gave more than "
+                               f"{MAX_STREAM_BYTES >> 20} MiB without ending (a device?)",
+                         fix="save the questions to a CSV file and pass its path")
+    return data
+
+
 def _read_text(path: Path) -> tuple[str, _BadUtf8 | None]:
     """Read the file as UTF-8 (BOM stripped).
 
@@ -205,7 +225,7 @@ def _read_text(path: Path) -> tuple[str, _BadUtf8 | None]:
     if path.is_dir():
         raise InputError(path, "is a directory, not a CSV file", fix="pass the path of the CSV file")
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path)
     except OSError as e:
         raise InputError(path, f"cannot read the file ({e.strerror or e})",
                          fix="check that the file exists and is readable") from e

@@ -81,6 +81,26 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
     return canonical, canonical
 
 
+#: Set to 1 to let a hub name that is not installed be downloaded at run time (off by
+#: default: a missing model is an error at once, not a minute of retries).
+ALLOW_DOWNLOAD_ENV = "OPENBOOK_ALLOW_DOWNLOAD"
+
+
+def downloads_allowed() -> bool:
+    """Whether models may be fetched from the hub at run time (``OPENBOOK_ALLOW_DOWNLOAD=1``)."""
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def hub_cached(repo: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo`` (a sentence-transformers model), offline."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo, "config.json")
+    except Exception:  # noqa: BLE001 - a name the hub library rejects is not cached either
+        return False
+    return isinstance(found, str)
+
+
 #: ``--backend`` choices: torch (GPU or CPU), onnx / openvino (CPU, exported once, offline).
 BACKENDS = ("torch", "onnx", "openvino")
 #: ``--quantize`` choices (int8 needs --backend onnx or openvino).
@@ -142,13 +162,21 @@ class Embedder:
         self._check_backend()
         if self.batch_size is None:
             self.batch_size = default_batch_size(self.device, self.backend)
-        if Path(self.path).is_dir():
+        local = Path(self.path).is_dir()
+        if local:
             # A local folder needs nothing from the hub: make sure nothing asks it.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        elif not downloads_allowed() and not hub_cached(self.path):
+            raise EmbedderError(
+                f"embedder {self.name_or_path!r} is not installed here (no local folder, not in "
+                "the Hugging Face cache) and openbook does not download at run time; install it "
+                "with `make models`, pass --embedder PATH to a local sentence-transformers "
+                f"folder, or set {ALLOW_DOWNLOAD_ENV}=1 to fetch it from the hub")
         from sentence_transformers import SentenceTransformer
 
         try:
-            self.model = SentenceTransformer(self.path, device=self.device)
+            self.model = SentenceTransformer(self.path, device=self.device,
+                                             local_files_only=local or not downloads_allowed())
         except (OSError, ValueError) as e:
             raise EmbedderError(
                 f"cannot load embedder {self.name_or_path!r} (looked for {self.path!r}): {e}. "

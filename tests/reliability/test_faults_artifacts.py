@@ -105,7 +105,8 @@ def test_index_of_an_unavailable_embedder_refused(idx, tmp_path):
     _edit_meta(idx, lambda m: m["embedder"].update(name="acme/other-embedder",
                                                    path="/nonexistent/model"))
     res, out = _predict(idx, tmp_path)
-    assert_user_error(res, "cannot load embedder 'acme/other-embedder'", "Pass --embedder")
+    assert_user_error(res, "embedder 'acme/other-embedder' is not installed here",
+                      "make models", "--embedder PATH", "OPENBOOK_ALLOW_DOWNLOAD=1")
     assert not out.exists()
 
 
