@@ -105,20 +105,50 @@ def test_zero_shot_report_matches_predict(tiny_index, with_context, tmp_path):
 
 
 def test_reader_ensemble_matches_predict(tiny_index, with_title, tmp_path, minilm_path):
-    """In-process (the CLI path is covered above): an ensemble of two tiny random readers."""
+    """In-process (the CLI path is covered above): an ensemble of two *different* tiny random
+    readers scores each option with the mean of the two readers' probabilities (a second
+    reader that were ignored, or the first one used twice, would not give the mean)."""
+    from pipeline.answering.predictor import PredictConfig, predict
     from pipeline.reporting.evaluation import EvaluateConfig, evaluate
 
-    reader = str(_tiny_reader("deberta-v2", tmp_path / "deberta", minilm_path))
+    import torch
+    from transformers import AutoModelForMultipleChoice, AutoTokenizer, DebertaV2Config
+
+    def wide_reader(seed: int) -> str:
+        """A tiny random reader with a wide init: its probabilities are far from uniform."""
+        torch.manual_seed(seed)
+        config = DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64,
+                                 max_position_embeddings=512, initializer_range=1.0)
+        folder = tmp_path / f"reader{seed}"
+        AutoModelForMultipleChoice.from_config(config).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+        return str(folder)
+
+    readers = [wide_reader(0), wide_reader(1)]
     out = tmp_path / "report"
     res = evaluate(EvaluateConfig(questions=str(with_title), index=str(tiny_index), out=str(out),
-                                  readers=[reader, reader], max_length=128, max_contexts=2,
+                                  readers=readers, max_length=128, max_contexts=2,
                                   recall_k=(1, 5), progress=False))
     m = _check_report(out, len(EASY_IDS))
     assert m["map@3"] == round(res.map3, 4) and m["baseline"] is False and len(m["scorers"]) == 2
     assert [c["k"] for c in m["map@3_vs_contexts"]] == [1, 2, 5]
-    assert m["map@3"] == pytest.approx(_predict_map3(with_title, tiny_index, tmp_path,
-                                                     [reader, reader], max_length=128), abs=1e-4)
     assert m["recall"]["dense"]["recall@k"]["5"] >= 0.8  # found by source_title
+
+    def predicted(names, tag):
+        return predict(PredictConfig(questions=str(with_title), index=str(tiny_index),
+                                     out=str(tmp_path / tag / "s.csv"), readers=names,
+                                     max_length=128, progress=False))
+
+    each = [predicted([r], f"one{i}").scores for i, r in enumerate(readers)]
+    both = predicted(readers, "both")
+    assert np.abs(each[0] - each[1]).max() > 0.05  # two readers that really differ
+    np.testing.assert_allclose(both.scores, (each[0] + each[1]) / 2, atol=1e-5)
+    with open(out / "per_question.csv", encoding="utf-8", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    evaluated = np.array([[float(rows[i][f"score_{L}"]) for L in "ABCDE"] for i in both.ids])
+    np.testing.assert_allclose(evaluated, both.scores, atol=1e-3)  # evaluate == predict
+    assert m["map@3"] == pytest.approx(both.map3, abs=1e-4)
 
 
 def test_unlabelled_csv_exits_2_naming_file_and_fix(tiny_index, tmp_path):
