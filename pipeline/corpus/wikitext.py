@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from typing import Callable
 
 import mwparserfromhell
@@ -428,14 +429,26 @@ def clean_wikitext(wikitext: str) -> str:
     try:
         return _tidy(_Renderer().render_document(mwparserfromhell.parse(wikitext)))
     except Exception as exc:  # the renderer must never take the pipeline down
-        logger.debug("clean_wikitext: renderer failed (%s: %s); falling back to strip_code",
-                     type(exc).__name__, exc)
+        _fell_back("renderer", exc, "falling back to strip_code")
     try:
         return _tidy(mwparserfromhell.parse(wikitext).strip_code())
     except Exception as exc:
-        logger.debug("clean_wikitext: strip_code failed (%s); using a crude strip", exc)
+        _fell_back("strip_code", exc, "using a crude strip")
     try:
         return _tidy(_crude_strip(wikitext))
     except Exception as exc:  # pragma: no cover - regexes over a str do not fail
-        logger.warning("clean_wikitext: could not clean text (%s); dropping it", exc)
+        _fell_back("crude", exc, "dropping the text")
         return ""
+
+
+#: How often each cleaner failed and the next one was used (``renderer``: the renderer
+#: failed, strip_code was used; ``strip_code``; ``crude``: the text was dropped). A bug in
+#: the renderer shows here (and in the log) instead of silently degrading the corpus.
+FALLBACKS: Counter = Counter()
+
+
+def _fell_back(stage: str, exc: Exception, then: str) -> None:
+    FALLBACKS[stage] += 1
+    level = logging.WARNING if FALLBACKS[stage] == 1 else logging.DEBUG  # once, then quietly
+    logger.log(level, "clean_wikitext: the %s failed (%s: %s); %s (%d time(s) so far)", stage,
+               type(exc).__name__, exc, then, FALLBACKS[stage])

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.corpus import wikitext
 from pipeline.corpus.wikitext import clean_wikitext
 
 
@@ -151,7 +152,9 @@ def test_blank_lines_collapsed() -> None:
     "== ==", "&#xZZ;", "{{convert|to|to|to}}", "{{val|1|2|3|4|e=}}",
 ])
 def test_odd_markup_never_raises(markup: str) -> None:
+    before = dict(wikitext.FALLBACKS)
     assert isinstance(clean_wikitext(markup), str)
+    assert dict(wikitext.FALLBACKS) == before, "the renderer failed and a fallback was used"
 
 
 def test_non_string_input_is_tolerated() -> None:
@@ -168,7 +171,9 @@ _MARKUP_PIECES = st.sampled_from([
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_MARKUP_PIECES, max_size=60).map("".join))
 def test_random_markup_never_raises(markup: str) -> None:
+    before = dict(wikitext.FALLBACKS)
     out = clean_wikitext(markup)
+    assert dict(wikitext.FALLBACKS) == before, "the renderer failed and a fallback was used"
     assert isinstance(out, str)
     assert "\n\n\n" not in out
     assert out == out.strip()
@@ -177,7 +182,24 @@ def test_random_markup_never_raises(markup: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
 def test_arbitrary_text_never_raises(text: str) -> None:
+    before = dict(wikitext.FALLBACKS)
     assert isinstance(clean_wikitext(text), str)
+    assert dict(wikitext.FALLBACKS) == before, "the renderer failed and a fallback was used"
+
+
+def test_a_renderer_crash_is_counted_and_logged_once(monkeypatch, caplog) -> None:
+    """The fallback the tests above check is not taken is visible when it is."""
+    def crash(self, code):
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setattr(wikitext, "FALLBACKS", type(wikitext.FALLBACKS)())
+    monkeypatch.setattr(wikitext._Renderer, "render_document", crash)
+    with caplog.at_level("DEBUG", logger="pipeline.corpus.wikitext"):
+        assert clean_wikitext("[[Mars]] is a [[planet]].") == "Mars is a planet."
+        assert clean_wikitext("[[Venus]]") == "Venus"
+    assert wikitext.FALLBACKS == {"renderer": 2}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "renderer bug" in warnings[0].getMessage()
 
 
 def test_plain_prose_is_unchanged() -> None:
