@@ -75,20 +75,36 @@ def test_bad_config():
         ChunkConfig(max_tokens=64, overlap_tokens=40)
 
 
+def assert_covers(text: str, windows: list[str]) -> None:
+    """Every non-space character of ``text`` lies in some window: the windows are slices of
+    ``text`` in order, the first starts at its first word, the last ends at its last, and
+    between one window's end and the next one's start there is only whitespace (no gap)."""
+    end, prev_start = 0, -1
+    for k, w in enumerate(windows):
+        start = text.find(w, prev_start + 1)
+        assert start >= 0 and text.find(w, start + 1) < 0, f"window {k} is not one slice of the text"
+        assert text[end:start].strip() == "", f"gap before window {k}: {text[end:start]!r}"
+        prev_start, end = start, max(end, start + len(w))
+    assert text[end:].strip() == "", f"text after the last window: {text[end:]!r}"
+
+
+def test_assert_covers_sees_a_gap():
+    text = "w0a. w1b. w2c. w3d."
+    assert_covers(text, ["w0a. w1b.", "w1b. w2c.", "w3d."])
+    with pytest.raises(AssertionError, match="gap before window 1"):
+        assert_covers(text, ["w0a. w1b.", "w3d."])
+    with pytest.raises(AssertionError, match="after the last window"):
+        assert_covers(text, ["w0a. w1b. w2c."])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(words=st.lists(st.sampled_from(["alpha", "beta.", "3.5", "Gamma!", "delta?", "x\n", "ε"]),
                       min_size=1, max_size=300),
        size=st.integers(16, 80))
 def test_every_token_is_covered(tokenizer, words, size):
-    text = " ".join(words)
+    # a numbered prefix makes every word, so every window, occur once in the text
+    text = " ".join(f"w{i}{w}" for i, w in enumerate(words))
     chunker = Chunker(tokenizer, ChunkConfig(max_tokens=size, overlap_tokens=size // 4))
     ps = chunker.chunk("d", "", text)
     assert all(p.n_tokens <= size for p in ps)
-    # every non-space character of the text lies in some window, in order
-    pos = 0
-    for p in ps:
-        start = text.find(p.text, max(0, pos - len(p.text)))
-        assert start >= 0
-        pos = max(pos, start + len(p.text))
-    assert text.strip().endswith(ps[-1].text)
-    assert text.strip().startswith(ps[0].text)
+    assert_covers(text, [p.text for p in ps])
