@@ -15,6 +15,7 @@ from pipeline.cli import add_output_args, run, setup_logging
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES
 from pipeline.readers.cascade import COMBINE
+from pipeline.readers.backends import BACKENDS
 from pipeline.readers.kinds import KINDS
 from pipeline.readers.llm import PER_OPTION, SCORINGS
 from pipeline.retrieval.retriever import QUERY_MODES, RETRIEVERS, RetrievalConfig
@@ -101,6 +102,12 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                    help="mc (AutoModelForMultipleChoice) or llm (a causal LM, or a LoRA adapter "
                         "on one); auto tells them apart from a local folder's config "
                         "(default: %(default)s; say llm for a causal LM given by hub name)")
+    m.add_argument("--reader-backend", choices=BACKENDS, default="torch",
+                   help="what runs multiple-choice readers on the CPU: torch, or a graph exported "
+                        "once from the reader folder and run by onnx (ONNX Runtime, fp32) or "
+                        "openvino (bf16 on CPUs with AMX/AVX512-BF16; openvino-fp32: fp32 "
+                        "everywhere); -int8 variants are faster "
+                        "but move the scores (see docs/throughput.md) (default: %(default)s)")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
     m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
@@ -158,7 +165,8 @@ def reader_settings(args: argparse.Namespace) -> dict:
            "device_map": args.device_map, "max_memory": args.max_memory,
            "offload_folder": args.offload_folder, "load_in_4bit": args.load_in_4bit,
            "load_in_8bit": args.load_in_8bit}
-    return {"reader_kind": args.reader_kind, "llm": {k: v for k, v in llm.items() if v is not None},
+    return {"reader_kind": args.reader_kind, "reader_backend": args.reader_backend,
+            "llm": {k: v for k, v in llm.items() if v is not None},
             "cascade": args.cascade, "cascade_fraction": args.cascade_fraction,
             "cascade_margin": args.cascade_margin, "cascade_combine": args.cascade_combine}
 

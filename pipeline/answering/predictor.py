@@ -30,6 +30,7 @@ from pipeline.fileio import check_output_file, write_files_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters
 from pipeline.questions import LETTERS, has_answers, load_questions
 from pipeline.readers.cascade import COMBINE, check_settings
+from pipeline.readers.backends import check_backend
 from pipeline.readers.kinds import KINDS
 from pipeline.retrieval.indexes import IndexSet
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig
@@ -59,6 +60,7 @@ class PredictConfig:
     verify_index: str = "size"  # none | size (file sizes) | full (sha256 of every file)
     time_budget: float | None = None  # seconds; see pipeline.answering.budget (fewer contexts, never overrun)
     reader_kind: str = "auto"  # auto | mc | llm (see pipeline.readers.kinds)
+    reader_backend: str = "torch"  # torch | onnx | openvino (-int8): MC readers (pipeline.readers.backends)
     llm: dict = field(default_factory=dict)  # causal-LM options (pipeline.answering.scoring.LLM_OPTIONS)
     cascade: list[str] = field(default_factory=list)  # second-stage readers for the unsure questions
     cascade_fraction: float | None = None  # share sent on (default 0.3 when no margin)
@@ -70,6 +72,7 @@ class PredictConfig:
             raise OpenbookError(f"--reader-kind must be one of {', '.join(KINDS)}, got "
                                 f"{self.reader_kind!r}")
         check_llm_options(self.llm)
+        check_backend(self.reader_backend, device=self.device or "cpu")
         check_settings(self.cascade_fraction, self.cascade_margin, self.cascade_combine)
         if not self.cascade and (self.cascade_fraction is not None
                                  or self.cascade_margin is not None):

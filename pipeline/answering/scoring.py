@@ -87,20 +87,21 @@ def _stamp(name: str) -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | None,
-                 batch_size: int, kind: str = "auto", llm: tuple = ()):
+                 batch_size: int, kind: str = "auto", llm: tuple = (), backend: str = "torch"):
     """A reader loaded once per process, folder state and settings (``--time-budget`` scores
     chunk by chunk; ``evaluate`` scores several times)."""
     options = dict(llm)
     options["max_memory"] = parse_max_memory(options.get("max_memory"))
     return load_reader(name, kind=kind, device=device, max_length=max_length,
-                       batch_size=batch_size, **options)
+                       batch_size=batch_size, backend=backend, **options)
 
 
 def reader_for(cfg, name: str):
-    """The loaded reader ``name`` with ``cfg``'s device, length, batch, kind and LLM options."""
+    """The loaded reader ``name`` with ``cfg``'s device, length, batch, kind, backend and LLM
+    options."""
     llm = tuple(sorted((k, v) for k, v in (cfg.llm or {}).items() if v is not None))
     return _load_reader(name, _stamp(name), cfg.device, cfg.max_length, cfg.batch_size,
-                        cfg.reader_kind, llm)
+                        cfg.reader_kind, llm, getattr(cfg, "reader_backend", "torch"))
 
 
 def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],

@@ -52,8 +52,10 @@ NEEDS = {"onnx": (("onnxruntime", "onnx"), "onnx"),
 INT8_NEEDS = ("onnxruntime", "onnx")  # the quantiser is onnxruntime's, for both backends
 
 
-def require(backend: str, quantize: str | None) -> None:
-    """Raise :class:`EmbedderError` naming the flag and the pip extra if a package is missing."""
+def require(backend: str, quantize: str | None, *, flags: str | None = None,
+            error: type[Exception] = EmbedderError) -> None:
+    """Raise ``error`` naming the flag(s) (default ``--backend B [--quantize int8]``) and the
+    pip extra if a package is missing."""
     modules, extra = NEEDS[backend]
     if quantize == "int8":
         modules = tuple(dict.fromkeys(modules + INT8_NEEDS))
@@ -61,11 +63,11 @@ def require(backend: str, quantize: str | None) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        flags = f"--backend {backend}" + (" --quantize int8" if quantize else "")
-        raise EmbedderError(
+        flags = flags or f"--backend {backend}" + (" --quantize int8" if quantize else "")
+        raise error(
             f"{flags} needs the Python package(s) {', '.join(missing)}, which are not installed. "
             f"Install them with: pip install 'openbook[{extra}]' (or pip install {' '.join(missing)}), "
-            "or use --backend torch")
+            f"or use {flags.split()[0]} torch")
 
 
 def export_dir(model_path: str, name: str) -> Path:
@@ -198,7 +200,8 @@ class Runner:
     ``runner(feeds)`` with int64 ``(batch, seq)`` arrays by input name -> ``(batch, dim)`` float32.
     """
 
-    def __init__(self, path: Path, backend: str, threads: int | None = None) -> None:
+    def __init__(self, path: Path, backend: str, threads: int | None = None,
+                 precision: str | None = None) -> None:
         self.path, self.backend = path, backend
         if backend == "onnx":
             import onnxruntime as ort
@@ -216,6 +219,8 @@ class Runner:
 
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+            if precision:  # OpenVINO's INFERENCE_PRECISION_HINT, e.g. "f32" (default: its own)
+                config["INFERENCE_PRECISION_HINT"] = precision
             self.compiled = core.compile_model(str(path), "CPU", config)
             self.inputs = [i.any_name for i in self.compiled.inputs]
             self.request = self.compiled.create_infer_request()

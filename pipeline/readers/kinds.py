@@ -69,20 +69,25 @@ def reader_kind(name_or_path: str | Path, kind: str = "auto") -> str:
 
 def load_reader(name_or_path: str | Path, *, kind: str = "auto", device: str | None = None,
                 max_length: int | None = None, batch_size: int = 8, dtype: Any = None,
-                **llm_options: Any):
+                backend: str = "torch", **llm_options: Any):
     """A :class:`MultipleChoiceReader` or :class:`CausalLMReader` for ``name_or_path``.
 
     ``llm_options`` (``scoring``, ``per_option``, ``tta``, ``template``,
     ``use_chat_template``, ``device_map``, ``max_memory``, ``offload_folder``,
     ``load_in_4bit``, ``load_in_8bit``) go to :meth:`CausalLMReader.from_pretrained`; those
     that are None or False are dropped, and an encoder reader ignores the rest with a
-    WARNING (so one set of CLI flags can serve an ensemble of both kinds).
+    WARNING (so one set of CLI flags can serve an ensemble of both kinds). ``backend``
+    (``--reader-backend``: torch, onnx, openvino, ``-int8``) applies to encoder readers; a
+    causal LM runs on torch whatever it says (with a WARNING).
     """
     resolved = reader_kind(name_or_path, kind)
     options = {k: v for k, v in llm_options.items() if v is not None and v is not False}
     if resolved == "llm":
         from pipeline.readers.llm import CausalLMReader
 
+        if backend != "torch":
+            log.warning("%s is a causal LM: --reader-backend %s applies to multiple-choice "
+                        "readers only; it runs on torch", name_or_path, backend)
         return CausalLMReader.from_pretrained(name_or_path, device=device, max_length=max_length,
                                               batch_size=batch_size, dtype=dtype, **options)
     from pipeline.readers.multiple_choice import MultipleChoiceReader
@@ -92,4 +97,4 @@ def load_reader(name_or_path: str | Path, *, kind: str = "auto", device: str | N
                     "apply to it (pass --reader-kind llm if it is a causal LM)", name_or_path,
                     ", ".join(sorted(options)))
     return MultipleChoiceReader.from_pretrained(name_or_path, device=device, max_length=max_length,
-                                                batch_size=batch_size, dtype=dtype)
+                                                batch_size=batch_size, dtype=dtype, backend=backend)

@@ -3,10 +3,13 @@
 :class:`MultipleChoiceReader` wraps any ``AutoModelForMultipleChoice``
 checkpoint (BERT, DeBERTa-v2/v3, RoBERTa, Longformer, ...) and its tokenizer.
 Questions are encoded with :func:`pipeline.readers.encoding.encode_question` (the same
-function training uses), sorted by length so that dynamic padding wastes
-little, batched through :class:`pipeline.readers.encoding.MultipleChoiceCollator` and
-scored under ``torch.inference_mode()``; the logits come back in the original
-order.
+function training uses: the context is tokenised once per question and shared by its
+options), sorted by length so that dynamic padding wastes little, batched by a token
+budget (``batch_size x n_options x max_length`` padded tokens per forward pass, so short
+questions go many to a batch) through :class:`pipeline.readers.encoding.MultipleChoiceCollator`
+and scored under ``torch.inference_mode()``, or by an exported ONNX Runtime / OpenVINO
+graph (``backend=``, :mod:`pipeline.readers.backends`); the logits come back in the
+original order.
 
 Example::
 
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from pipeline.readers.encoding import MultipleChoiceCollator, encode_question
 from pipeline.device import pick_device
 from pipeline.metrics import softmax
+from pipeline.readers.backends import ReaderRuntime, check_backend
 from pipeline.readers.pooling import use_mean_pooling, wants_mean_pooling
 from pipeline.readers.record import READER_CONFIG, ReaderError, load_reader_record
 
@@ -104,6 +107,8 @@ class MultipleChoiceReader:
         batch_size: questions per forward pass (each has ``n_options`` sequences).
         device: torch device string.
         global_attention: whether a ``global_attention_mask`` is built (Longformer).
+        backend: ``torch``, or the exported runtime that scores (see
+            :mod:`pipeline.readers.backends`); ``runtime`` runs it (None on torch).
 
     Example::
 
@@ -131,6 +136,32 @@ class MultipleChoiceReader:
             accepted.discard("token_type_ids")  # segment 1 would be out of range / is unused
         self._input_names = accepted
         self.model.eval()
+        self.backend = "torch"
+        self.runtime: ReaderRuntime | None = None
+
+    def use_backend(self, backend: str, folder: str | Path, threads: int | None = None) -> None:
+        """Score with ``backend`` (see :mod:`pipeline.readers.backends`), exported from the
+        model as loaded from ``folder`` (cached by the folder's files)."""
+        check_backend(backend, device=self.device, model_type=self.model.config.model_type,
+                      dtype=next(self.model.parameters()).dtype)
+        if backend == "torch":
+            self.backend, self.runtime = "torch", None
+            return
+        sample = self.collator(self.encode(
+            ["Which of these is a planet?", "Why?"], [["Mars", "the Sun", "Io", "a moon", "Vega"]] * 2,
+            ["Mars is the fourth planet from the Sun.", ""]))
+        names = [k for k in ("input_ids", "attention_mask", "token_type_ids")
+                 if k in sample and k in self._input_names]
+        self.runtime = ReaderRuntime(self.model, folder, backend, sample, names, threads)
+        self.backend = backend
+
+    def describe(self) -> dict:
+        """The backend and what it computes in, for reports."""
+        if self.runtime is None:
+            return {"backend": "torch",
+                    "precision": str(next(self.model.parameters()).dtype).removeprefix("torch.")}
+        return {"backend": self.backend, "precision": self.runtime.precision,
+                "export": str(self.runtime.path)}
 
     @classmethod
     def from_pretrained(
@@ -141,6 +172,7 @@ class MultipleChoiceReader:
         max_length: int | None = None,
         batch_size: int = 8,
         dtype: torch.dtype | str | None = None,
+        backend: str = "torch",
     ) -> "MultipleChoiceReader":
         """Load tokenizer and ``AutoModelForMultipleChoice`` from a local directory or the hub.
 
@@ -153,10 +185,13 @@ class MultipleChoiceReader:
                 :func:`default_max_length`.
             batch_size: questions per forward pass.
             dtype: ``None`` means float16 on CUDA, float32 otherwise.
+            backend: ``torch``, or ``onnx`` / ``openvino`` (``-int8``): a graph exported
+                once from the local folder, on the CPU (:mod:`pipeline.readers.backends`).
 
         Raises:
             ReaderError: the model cannot be found or loaded, or ``max_length``
-                exceeds what it supports; the message names the path.
+                exceeds what it supports, or the backend cannot run (the message names
+                ``--reader-backend`` and the pip extra); the message names the path.
         """
         from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
@@ -171,6 +206,10 @@ class MultipleChoiceReader:
 
         device = pick_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
+        check_backend(backend, device=device, dtype=torch_dtype)  # before the slow load
+        if backend != "torch" and not local:
+            raise ReaderError(f"--reader-backend {backend} exports a local reader folder; {name} "
+                              "is not one. Fix: pass the folder, or use --reader-backend torch")
         source = str(path) if local else name
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
@@ -204,9 +243,11 @@ class MultipleChoiceReader:
         model.to(device)
         reader = cls(model, tokenizer, name=name, max_length=max_length, batch_size=batch_size,
                      device=device)
-        log.info("reader %s (%s): max_length=%d, batch_size=%d, %s on %s%s", name,
+        reader.use_backend(backend, path)
+        log.info("reader %s (%s): max_length=%d, batch_size=%d, %s on %s%s%s", name,
                  model.config.model_type, reader.max_length, reader.batch_size,
                  str(torch_dtype).removeprefix("torch."), device,
+                 f", backend {backend} ({reader.runtime.precision})" if reader.runtime else "",
                  ", global attention on prompt+option" if reader.global_attention else "")
         return reader
 
@@ -251,21 +292,41 @@ class MultipleChoiceReader:
         if any(len(o) != n_options for o in options):
             raise ValueError("every question needs the same number of options")
         features = self.encode(prompts, options, contexts, rows)
-        lengths = [max(len(ids) for ids in f["input_ids"]) for f in features]
-        order = sorted(range(n), key=lambda i: -lengths[i])  # longest first: OOM shows at once
-
         out = np.empty((n, n_options), dtype=np.float32)
         self.model.eval()
-        n_batches = math.ceil(n / self.batch_size)
+        batches = self.token_batches(features, n_options)
         with torch.inference_mode():
-            for start in tqdm(range(0, n, self.batch_size), total=n_batches, disable=not progress,
-                              desc="reader", unit="batch"):
-                idx = order[start:start + self.batch_size]
+            for idx in tqdm(batches, disable=not progress, desc="reader", unit="batch"):
                 batch = self.collator([features[i] for i in idx])
+                if self.runtime is not None:
+                    out[idx] = self.runtime({k: v.numpy() for k, v in batch.items()})
+                    continue
                 inputs = {k: v.to(self.device) for k, v in batch.items() if k in self._input_names}
-                logits = self.model(**inputs).logits
-                out[idx] = logits.float().cpu().numpy()
+                out[idx] = self.model(**inputs).logits.float().cpu().numpy()
         return out
+
+    def token_batches(self, features: Sequence[dict], n_options: int) -> list[list[int]]:
+        """Question indices per forward pass: sorted by length (longest sequence, then total
+        tokens; longest first, so an OOM shows at once) and cut by a padded-token budget of
+        ``batch_size x n_options x max_length``, so that short questions go many to a batch.
+
+        >>> r = MultipleChoiceReader.__new__(MultipleChoiceReader)
+        >>> r.batch_size, r.max_length = 2, 10
+        >>> f = [{"input_ids": [[0] * k] * 5} for k in (10, 3, 10, 4, 2)]
+        >>> r.token_batches(f, 5)
+        [[0, 2], [3, 1, 4]]
+        """
+        longest = [max(len(ids) for ids in f["input_ids"]) for f in features]
+        total = [sum(len(ids) for ids in f["input_ids"]) for f in features]
+        order = sorted(range(len(features)), key=lambda i: (-longest[i], -total[i]))
+        budget = self.batch_size * n_options * self.max_length
+        batches: list[list[int]] = []
+        for i in order:  # the batch's first question is its longest: it sets the padding
+            if batches and (len(batches[-1]) + 1) * n_options * longest[batches[-1][0]] <= budget:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
 
     def probabilities(
         self,

@@ -82,6 +82,7 @@ class EvaluateConfig:
     progress: bool = True
     verify_index: str = "size"
     reader_kind: str = "auto"
+    reader_backend: str = "torch"
     llm: dict = field(default_factory=dict)
     cascade: list[str] = field(default_factory=list)
     cascade_fraction: float | None = None
@@ -104,6 +105,7 @@ class EvaluateConfig:
                              max_length=self.max_length, batch_size=self.batch_size,
                              device=self.device, progress=self.progress,
                              verify_index=self.verify_index, reader_kind=self.reader_kind,
+                             reader_backend=self.reader_backend,
                              llm=dict(self.llm), cascade=list(self.cascade),
                              cascade_fraction=self.cascade_fraction,
                              cascade_margin=self.cascade_margin,
