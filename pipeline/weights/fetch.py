@@ -43,7 +43,7 @@ from typing import BinaryIO, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from pipeline.paths import models_dir
-from pipeline.fileio import publish_dir
+from pipeline.fileio import check_output_dir, publish_dir
 from pipeline.weights.registry import ModelFetchError, SplitModel, get_model, verify
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,13 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *,
         raise ModelFetchError(
             f"{final} exists but is not a verified copy of {spec.name} ({spec.weights} missing "
             "or its sha256 differs); pass --force to replace it, or remove it")
+    if final.exists():  # --force replaces a model folder, never a folder of other files
+        check_output_dir(
+            final, True, ours=lambda d: (d / "config.json").is_file() or (d / spec.weights).exists(),
+            is_file=f"{final} is a file, not a model folder; move it away and fetch again",
+            not_empty="", not_ours=f"{final} holds files but no model (no config.json or "
+                                   f"{spec.weights}); --force only replaces a model folder: move "
+                                   "them away, or fetch into another --dest")
 
     created_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)

