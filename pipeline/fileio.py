@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.errors import OpenbookError
-
-log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read when hashing
 
@@ -72,14 +69,13 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     os.replace(tmp, path)
 
 
-def _write_error(path: Path, flag: str, e: OSError, replaced: Sequence[Path] = ()) -> OpenbookError:
-    if replaced:  # cannot happen by design (each replaced file is put back); say so if it does
-        undo = f"; {', '.join(map(str, replaced))} could not be restored"
-    else:
-        undo = ". Nothing was replaced: the previous file, if any, is untouched"
+NOTHING_REPLACED = ". Nothing was replaced: the previous file, if any, is untouched"
+
+
+def _write_error(path: Path, flag: str, e: OSError) -> OpenbookError:
     return OpenbookError(
         f"{flag} {path}: cannot write it ({e.strerror or e}); free some disk space or choose "
-        f"another {flag}{undo}")
+        f"another {flag}{NOTHING_REPLACED}")
 
 
 def _publish_new(tmp: Path, path: Path, flag: str) -> None:
@@ -149,12 +145,16 @@ def write_files_atomic(files: Sequence[tuple[Path, str, str]], *, overwrite: boo
                 placed.append((path, backup))
             except OSError as e:
                 raise _write_error(path, flag, e) from e
-    except BaseException:
+    except BaseException as exc:
+        lost = []
         for path, backup in reversed(placed):
             try:
                 os.replace(backup, path) if backup is not None else path.unlink()
             except OSError:
-                log.warning("could not put back %s", path)
+                lost.append(str(path))
+        if lost and isinstance(exc, OpenbookError):  # then the message must not say "nothing"
+            raise OpenbookError(str(exc).replace(NOTHING_REPLACED, "") + "; and "
+                                + ", ".join(lost) + " could not be put back as it was") from exc
         raise
     finally:
         for tmp in temps + backups:

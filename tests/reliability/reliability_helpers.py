@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import (REPO, kill_when, popen_cli, run_cli, stop_process,  # noqa: F401
                       wait_for)  # (re-exported for the test modules)
 
@@ -83,6 +85,18 @@ def tiny_index(tmp_path_factory) -> Path:
 def copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def rel_index(tmp_path_factory):
+    """The session's tiny index (fixture: import it into a test module to use it)."""
+    return tiny_index(tmp_path_factory)
+
+
+@pytest.fixture()
+def idx(rel_index, tmp_path):
+    """A private copy of the tiny index, to damage."""
+    return copy_index(rel_index, tmp_path / "idx")
 
 
 def questions_file(folder: Path, text: str = GOOD_QUESTIONS, name: str = "q.csv") -> Path:

@@ -8,19 +8,9 @@ import json
 
 import pytest
 
-from reliability_helpers import (assert_user_error, copy_index, flip_bytes, questions_file,
-                                 run_cli, snapshot, tiny_index, truncate)
-
-
-@pytest.fixture(scope="module")
-def rel_index(tmp_path_factory):
-    return tiny_index(tmp_path_factory)
-
-
-@pytest.fixture()
-def idx(rel_index, tmp_path):
-    """A private copy of the tiny index, to damage."""
-    return copy_index(rel_index, tmp_path / "idx")
+from reliability_helpers import (assert_user_error, flip_bytes, questions_file, run_cli,
+                                 snapshot, truncate)
+from reliability_helpers import idx, rel_index  # noqa: F401 (fixtures)
 
 
 def _predict(idx, tmp_path, *extra):

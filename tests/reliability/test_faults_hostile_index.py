@@ -10,17 +10,8 @@ import os
 
 import pytest
 
-from reliability_helpers import assert_user_error, copy_index, questions_file, run_cli, tiny_index
-
-
-@pytest.fixture(scope="module")
-def rel_index(tmp_path_factory):
-    return tiny_index(tmp_path_factory)
-
-
-@pytest.fixture()
-def idx(rel_index, tmp_path):
-    return copy_index(rel_index, tmp_path / "idx")
+from reliability_helpers import assert_user_error, questions_file, run_cli
+from reliability_helpers import idx, rel_index  # noqa: F401 (fixtures)
 
 
 def _predict(idx, tmp_path, *extra):
