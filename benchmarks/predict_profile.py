@@ -111,10 +111,11 @@ def instrument(timer: StageTimer) -> None:
 
 
 def run_once(questions: str, index: str, reader: str | None, backend: str, work: Path,
-             max_length: int | None = None) -> dict:
+             max_length: int | None = None, focus: str | None = None) -> dict:
     """One instrumented predict: stage seconds, texts embedded, rankings, MAP@3."""
     from pipeline.answering import scoring
     from pipeline.answering.predictor import PredictConfig, predict
+    from pipeline.retrieval.retriever import RetrievalConfig
 
     scoring._load_reader.cache_clear()  # every run loads its reader, as a fresh process would
     timer = StageTimer()
@@ -124,7 +125,8 @@ def run_once(questions: str, index: str, reader: str | None, backend: str, work:
         res = predict(PredictConfig(questions=questions, index=index, out=str(work / "sub.csv"),
                                     readers=[reader] if reader else [], device="cpu",
                                     overwrite=True, progress=False, reader_backend=backend,
-                                    max_length=max_length))
+                                    max_length=max_length,
+                                    retrieval=RetrievalConfig(focus=focus) if focus else RetrievalConfig()))
         total = time.perf_counter() - t0
     finally:
         timer.restore()
@@ -170,6 +172,8 @@ def main() -> int:
                    help="also profile these backbones with an untrained head (minilm, mpnet)")
     p.add_argument("--backends", nargs="+", default=["torch", "onnx", "openvino"])
     p.add_argument("--max-length", type=int, default=None, help="reader tokens (default: its own)")
+    p.add_argument("--focus", choices=["none", "sentences"], default=None,
+                   help="retrieval focus (default: the reader's saved setting, else none)")
     p.add_argument("--no-zero-shot", action="store_true")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None, help="write every round's figures here")
@@ -184,7 +188,7 @@ def main() -> int:
     rounds: dict[str, list[dict]] = defaultdict(list)
     for r in range(args.rounds):
         for label, reader, backend in variants:
-            res = run_once(questions, args.index, reader, backend, work, args.max_length)
+            res = run_once(questions, args.index, reader, backend, work, args.max_length, args.focus)
             res["load_average"] = os.getloadavg()
             rounds[label].append(res)
             print(f"round {r + 1} {label}: {res['total']:.1f} s, reader "
