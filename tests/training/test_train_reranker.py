@@ -248,7 +248,7 @@ def test_non_empty_out_is_refused_through_the_cli(rr_index, tmp_path):
     res = run_cli("train_reranker", SAMPLE, "--index", rr_index, "--out", out)
     err = res.stderr.strip().splitlines()
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert err[-1].startswith(f"error: --out {out} is not empty") and "--overwrite" in err[-1]
+    assert err[-1].startswith(f"error: --out {out}") and "not a reranker run" in err[-1]
     assert "not a reranker run" in one_error([SAMPLE, "--index", rr_index, "--out", out,
                                               "--overwrite"])
     assert layout(out) == ["notes.txt"] and not (tmp_path / ".mine.partial").exists()
