@@ -84,7 +84,8 @@ def _check_report(out: Path, n: int) -> dict:
 
 def test_zero_shot_report_matches_predict(tiny_index, with_context, tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
+    out.mkdir()  # an older report of this command: --overwrite replaces it whole
+    (out / "metrics.json").write_text("{}\n")
     (out / "stale.txt").write_text("from an older run\n")
     res = run_cli("evaluate", with_context, "--index", tiny_index, "--out", out, "--overwrite",
                   *FAST)
