@@ -89,3 +89,52 @@ def test_llm_errors_are_one_line(tiny_index, easy_questions, llm, tmp_path, args
     assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert says in errors[0]
     assert not (tmp_path / "s.csv").exists()
+
+
+
+def test_time_budget_steps_down_from_the_llm_reader(tiny_index, llm, tmp_path, monkeypatch):
+    """Outcome 8: --time-budget treats the LLM reader like any reader. On a fake clock where
+    the LLM costs 2 s a question, 20 questions in a 40 s budget: the first chunk (16) runs the
+    LLM on top_k=2 (32 s), the projection (40 s) exceeds 97%, the guard steps down to top_k=1,
+    still the LLM, and the 4 left are answered there; every question gets three letters."""
+    import csv
+
+    import pipeline.answering.budget as budget
+    import pipeline.answering.predictor as answering
+    from conftest import SAMPLE
+
+    class Clock:
+        t = 1000.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+    monkeypatch.setattr(budget, "CLOCK", clock)
+    real = CausalLMReader.probabilities
+
+    def costly(self, prompts, *a, **kw):
+        clock.t += 2.0 * len(prompts)
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(CausalLMReader, "probabilities", costly)
+    questions = tmp_path / "q.csv"
+    with open(SAMPLE, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(questions, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows[:21])
+    out = tmp_path / "sub.csv"
+    answering.predict(answering.PredictConfig(
+        questions=str(questions), index=str(tiny_index), out=str(out), readers=[llm],
+        max_length=256, progress=False, retrieval=answering.RetrievalConfig(top_k=2),
+        time_budget=40))
+    with open(out, encoding="utf-8", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [r["id"] for r in got] == [r[0] for r in rows[1:21]]
+    assert all(len(set(r["prediction"].split()) & set("ABCDE")) == 3 for r in got)
+    rep = json.loads(out.with_name("sub.report.json").read_text())
+    assert rep["scorers"][0]["kind"] == "llm"
+    tb = rep["time_budget"]
+    assert tb["questions_per_level"] == {"configured scorer, top_k=2": 16,
+                                         "configured scorer, top_k=1": 4}
+    assert tb["within_budget"] is True and clock.t - 1000.0 == pytest.approx(40.0)
