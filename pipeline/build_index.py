@@ -113,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
                      help="memory budget of the index, e.g. 4G: exact (flat) if it fits, else "
                           "OPQ+IVF+PQ sized to fit (autofaiss's rules); the choice and its "
                           "parameters go to meta.json; refused up front if nothing fits")
+    idx.add_argument("--refine", type=int, default=None, metavar="K_FACTOR",
+                     help="IVF-PQ only: keep the exact vectors in faiss.index after the codes, "
+                          "memory-mapped at search time (disk and page cache, not resident "
+                          "memory), and re-score the k x K_FACTOR best IVF-PQ candidates with "
+                          "them (faiss IndexRefineFlat; e.g. 8)")
     idx.add_argument("--keep-vectors", action="store_true",
                      help="keep the raw float32 vectors (vectors.f32) beside the index")
     idx.add_argument("--no-bm25", action="store_true",
@@ -152,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         index_type=args.index_type, nlist=args.nlist, nprobe=args.nprobe,
         max_index_memory=args.max_index_memory, shard_size=args.shard_size, engine=args.engine,
         ray_address=args.ray_address,
-        overwrite=args.overwrite, keep_vectors=args.keep_vectors, bm25=not args.no_bm25,
+        overwrite=args.overwrite, keep_vectors=args.keep_vectors, refine=args.refine,
+        bm25=not args.no_bm25,
         progress=not args.no_progress)
     meta = build_index(cfg)
     b = meta["build"]

@@ -85,6 +85,9 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                         "setting)")
     r.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists searched per query (default: the index's own)")
+    r.add_argument("--refine", type=int, default=None, metavar="K_FACTOR",
+                   help="an index built with --refine: re-score k x K_FACTOR IVF-PQ candidates "
+                        "with the exact vectors (default: the index's own)")
     r.add_argument("--embedder", default=None, metavar="NAME_OR_PATH",
                    help="where the index's embedder is, if not where it was at build time; "
                         "must be the same model")
@@ -154,6 +157,7 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
 
 def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
+                           refine=args.refine,
                            retriever=args.retriever, per_option=args.per_option_queries,
                            focus=args.focus, rerank=args.rerank, rerank_top=args.rerank_top)
 

@@ -37,7 +37,7 @@ from pipeline.corpus.multifile import LEDGER_FILE
 from pipeline.corpus.stream import iter_documents, skip_documents
 from pipeline.index.embedding import DEFAULT_EMBEDDER, Embedder
 from pipeline.errors import OpenbookError
-from pipeline.index.faiss_index import choose_index
+from pipeline.index.faiss_index import choose_index, with_refine
 from pipeline.index.sizing import choose_by_budget, estimate, human, parse_size
 from pipeline.index.shards import ShardSet
 from pipeline.index.lock import BuildLock
@@ -92,6 +92,7 @@ class BuildConfig:
     nlist: int | None = None
     nprobe: int | None = None
     max_index_memory: str | None = None  # e.g. "4G": pick the index that fits (autofaiss rules)
+    refine: int | None = None  # IVF-PQ + exact re-scoring of k * refine candidates (mmap vectors)
     shard_size: int = 4096  # passages per checkpointed shard
     engine: str = "local"  # or "ray"
     ray_address: str | None = None
@@ -143,11 +144,14 @@ def estimate_passages(cfg: BuildConfig) -> int:
 
 
 def pick_index(cfg: BuildConfig, n: int, dim: int):
-    """The index spec for ``n`` passages: by budget when ``max_index_memory`` is set."""
+    """The index spec for ``n`` passages: by budget when ``max_index_memory`` is set; with
+    ``refine``, the exact re-scoring stage of :func:`~pipeline.index.faiss_index.with_refine`."""
     if cfg.max_index_memory:
-        return choose_by_budget(n, dim, parse_size(cfg.max_index_memory),
+        spec = choose_by_budget(n, dim, parse_size(cfg.max_index_memory),
                                 index_type=cfg.index_type, nlist=cfg.nlist, nprobe=cfg.nprobe)
-    return choose_index(n, dim, cfg.index_type, nlist=cfg.nlist, nprobe=cfg.nprobe)
+    else:
+        spec = choose_index(n, dim, cfg.index_type, nlist=cfg.nlist, nprobe=cfg.nprobe)
+    return with_refine(spec, cfg.refine)
 
 
 def build_index(cfg: BuildConfig) -> dict:
@@ -156,6 +160,11 @@ def build_index(cfg: BuildConfig) -> dict:
         raise OpenbookError("--corpus is required unless --format demo")
     if cfg.shard_size < 1:
         raise OpenbookError(f"--shard-size must be 1 or more, got {cfg.shard_size}")
+    if cfg.refine is not None and (cfg.refine < 1 or cfg.index_type == "flat"):
+        raise OpenbookError(f"--refine {cfg.refine}: " + (
+            "must be 1 or more (k x refine candidates are re-scored)" if cfg.refine < 1 else
+            "a flat index is exact already; use --index-type ivfpq (or auto, or "
+            "--max-index-memory) with --refine"))
     if cfg.engine not in ("local", "ray"):
         raise OpenbookError(f"--engine must be local or ray, got {cfg.engine!r}")
     if cfg.max_index_memory:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -78,12 +78,47 @@ class IndexSpec:
     nprobe: int | None = None
     train_size: int | None = None
     opq: int | None = None  # OPQ output size when the factory starts with OPQ
+    refine: int | None = None  # k_factor of an exact re-scoring stage (``,RFlat``), see with_refine
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def base_factory(self) -> str:
+        """The factory without the refine stage (what is trained and added in memory)."""
+        return self.factory.removesuffix(REFINE_SUFFIX)
+
     def bytes_per_vector(self, dim: int) -> int:
+        """Bytes a vector keeps resident: with ``refine`` the full vectors stay memory-mapped
+        on disk (:meth:`disk_bytes_per_vector`), only the codes and ids are in RAM."""
         return 4 * dim if self.type == "flat" else (self.m or 0) * (self.nbits or 8) // 8 + 8
+
+    def disk_bytes_per_vector(self, dim: int) -> int:
+        return self.bytes_per_vector(dim) + (4 * dim if self.refine else 0)
+
+
+#: The factory suffix of faiss's exact refine stage (``IndexRefineFlat``).
+REFINE_SUFFIX = ",RFlat"
+
+
+def with_refine(spec: IndexSpec, k_factor: int | None) -> IndexSpec:
+    """``spec`` with an exact re-scoring stage: IVF-PQ finds ``k * k_factor`` candidates, the
+    full float32 vectors (stored after the codes in ``faiss.index`` and memory-mapped when it
+    is loaded, so they cost disk and page cache, not resident memory) re-score them and the
+    best ``k`` are kept: faiss's ``IndexRefineFlat``.
+
+    >>> with_refine(choose_index(600_000, 384, "ivfpq"), 8).factory
+    'IVF4096,PQ48np,RFlat'
+    """
+    if not k_factor:
+        return spec
+    if k_factor < 1:
+        raise OpenbookError(f"--refine must be 1 or more (candidates = k x refine), got {k_factor}")
+    if spec.type == "flat":
+        raise OpenbookError("--refine re-scores a compressed index with the exact vectors, but "
+                            "this index is flat (already exact): drop --refine, or use "
+                            "--index-type ivfpq / --max-index-memory")
+    return replace(spec, factory=spec.base_factory + REFINE_SUFFIX, refine=int(k_factor))
 
 
 def optimal_nlist(n: int) -> int:
@@ -144,10 +179,11 @@ def gpu_count() -> int:
 
 
 def make_index(spec: IndexSpec, dim: int):
-    """An empty (untrained) inner-product index for ``spec``."""
+    """An empty (untrained) inner-product index for ``spec``, without its refine stage (the
+    writer streams the exact vectors to disk instead: :func:`write_refine_streaming`)."""
     import faiss
 
-    return faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    return faiss.index_factory(dim, spec.base_factory, faiss.METRIC_INNER_PRODUCT)
 
 
 def train(index, sample: np.ndarray) -> None:
@@ -215,6 +251,8 @@ def _leaves(index):
     index = _downcast(index)
     if type(index).__name__ == "IndexPreTransform":
         yield from _leaves(index.index)
+    elif type(index).__name__.startswith("IndexRefine"):
+        yield from _leaves(index.base_index)
     elif hasattr(index, "count") and hasattr(index, "at") and "IVF" not in type(index).__name__:
         for i in range(index.count()):
             yield from _leaves(index.at(i))
@@ -255,6 +293,48 @@ def write_flat_streaming(f, dim: int, n: int, blocks) -> None:
         raise ValueError(f"write_flat_streaming: {seen} vectors written, {n} announced")
 
 
+def write_refine_streaming(f, base, dim: int, n: int, blocks, k_factor: int) -> None:
+    """Write an ``IndexRefineFlat`` file (``base`` holding ``n`` vectors, then the same vectors
+    exact) with the exact part streamed from ``blocks``, never held in memory. The bytes are
+    what ``faiss.write_index`` writes for the same index (tested): faiss's own serialisation of
+    a refine index over an empty ``base`` gives its header and trailer."""
+    import struct
+
+    import faiss
+
+    empty_base = faiss.clone_index(base)
+    empty_base.reset()
+    shell = faiss.IndexRefineFlat(empty_base)
+    shell.k_factor = float(k_factor)
+    raw = faiss.serialize_index(shell).tobytes()
+    base_bytes = len(faiss.serialize_index(empty_base))
+    head = 4 + len(_flat_header(dim, 0)) - 8 - 4  # fourcc + Index header (flat's, less its own
+    flat_empty = _flat_header(dim, 0)              # fourcc and vector count)
+    if (raw[head:head + base_bytes] != faiss.serialize_index(empty_base).tobytes()
+            or raw[head + base_bytes:-4] != flat_empty):
+        raise RuntimeError("this faiss writes IndexRefineFlat differently; build without --refine")
+    prefix = bytearray(raw[:head])
+    prefix[8:16] = struct.pack("<q", n)  # fourcc(4) d(4) ntotal(8)
+    f.write(bytes(prefix))
+    faiss.write_index(base, faiss.PyCallbackIOWriter(f.write))
+    write_flat_streaming(f, dim, n, blocks)
+    f.write(raw[-4:])  # k_factor (float32)
+
+
+def set_refine(index, k_factor: int | None) -> None:
+    """Set the candidates an ``IndexRefineFlat`` re-scores (``k * k_factor``); a no-op for
+    ``None``; an error on an index without a refine stage."""
+    if k_factor is None:
+        return
+    index = _downcast(index)
+    if not type(index).__name__.startswith("IndexRefine"):
+        raise OpenbookError(f"--refine {k_factor}: this index ({type(index).__name__}) has no "
+                            "exact re-scoring stage; rebuild it with build_index --refine")
+    if k_factor < 1:
+        raise OpenbookError(f"--refine must be 1 or more, got {k_factor}")
+    index.k_factor = float(k_factor)
+
+
 def build_from_blocks(spec: IndexSpec, dim: int, sample: np.ndarray | None, blocks,
                       progress=None):
     """Train ``spec`` on ``sample`` (IVF only) and add ``blocks`` of vectors in order.
@@ -273,8 +353,12 @@ def build_from_blocks(spec: IndexSpec, dim: int, sample: np.ndarray | None, bloc
 
 
 def for_search(index):
-    """The index moved to the GPUs when faiss has them, else as it is."""
+    """The index moved to the GPUs when faiss has them, else as it is (a refine index stays
+    on the CPU: its exact vectors are memory-mapped from disk)."""
     if gpu_count() == 0:
+        return index
+    if type(_downcast(index)).__name__.startswith("IndexRefine"):
+        log.info("the index re-scores with memory-mapped vectors: searching it on the CPU")
         return index
     import faiss
 

@@ -132,7 +132,8 @@ def estimate(spec: IndexSpec, n: int, dim: int, *, keep_vectors: bool = False) -
     passages = n * 700  # zstd parquet of ~160-token passages: ~0.7 kB each
     shards = n * 4 * dim  # the raw vectors kept on disk while building
     train = 4 * dim * (spec.train_size or 0)
+    exact = n * 4 * dim if spec.refine else 0  # refine: the exact vectors, on disk (mmap)
     return {"passages": n, "index_bytes": idx, "train_bytes": train,
             "peak_memory_bytes": idx + train,
-            "disk_bytes_during_build": shards + passages * 2 + idx,
-            "disk_bytes_final": idx + passages + (shards if keep_vectors else 0)}
+            "disk_bytes_during_build": shards + passages * 2 + idx + exact,
+            "disk_bytes_final": idx + exact + passages + (shards if keep_vectors else 0)}

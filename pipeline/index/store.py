@@ -78,7 +78,8 @@ def read_meta(path: str | Path) -> dict:
                              ("embedder.normalize", bool, {}),
                              ("counts.passages", int, {"minimum": 0}),
                              ("index.factory", str, {}),
-                             ("index.nprobe", int, {"minimum": 1, "optional": True})):
+                             ("index.nprobe", int, {"minimum": 1, "optional": True}),
+                             ("index.refine", int, {"minimum": 1, "optional": True})):
         meta_value(meta, key, kind, source=source, fix=fix, **extra)
     return meta
 
@@ -100,13 +101,18 @@ class IndexStore:
     def dim(self) -> int:
         return int(self.meta["embedder"]["dim"])
 
-    def search(self, vectors: np.ndarray, k: int, *, nprobe: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows for each query vector: ``(scores, ids)``, both ``(n, k)``; id -1 = none."""
+    def search(self, vectors: np.ndarray, k: int, *, nprobe: int | None = None,
+               refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows for each query vector: ``(scores, ids)``, both ``(n, k)``; id -1 = none.
+
+        ``nprobe``: IVF lists visited; ``refine``: candidates re-scored exactly
+        (``k * refine``, an index built with ``--refine``); ``None``: the index's own.
+        """
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise IndexMismatchError(f"query vectors have shape {vectors.shape}, the index "
                                      f"{self.path} holds {self.dim}-d vectors")
         faiss_index.set_nprobe(self.index, nprobe)
+        faiss_index.set_refine(self.index, refine)
         k = min(k, self.size)
         scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         if len(ids) and k and (np.isnan(scores[ids >= 0]).any() or (ids < 0).all()):
@@ -199,6 +205,13 @@ def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
     damaged = ("the file is damaged or was not written completely; rebuild the index "
                "(--verify-index full checks every byte)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    if mmap and meta["index"].get("refine"):  # the exact vectors stay on disk, paged in
+        if hasattr(faiss, "IO_FLAG_MMAP_IFC"):  # maps the whole file (faiss refuses both)
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+        else:
+            log.warning("--index %s: this faiss (%s) cannot memory-map the exact vectors of a "
+                        "refine index, so they are read into memory; faiss-cpu >= 1.11 maps "
+                        "them", path, faiss.__version__)
     try:
         index = faiss.read_index(str(path / INDEX_FILE), flags)
     except RuntimeError as e:  # faiss reports unreadable files as RuntimeError

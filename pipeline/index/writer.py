@@ -192,7 +192,11 @@ class IndexWriter:
                 del sample
                 # Through a Python file: faiss.write_index(index, path) only prints a failed
                 # write/close (disk full) and would leave a truncated faiss.index behind.
-                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                if spec.refine:  # the exact vectors follow the codes, streamed from the shards
+                    faiss_index.write_refine_streaming(f, index, self.dim, s.count,
+                                                       s.iter_vectors(add_batch), spec.refine)
+                else:
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
                 del index
             f.flush()
             os.fsync(f.fileno())

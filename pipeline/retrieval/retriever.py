@@ -67,6 +67,8 @@ class RetrievalConfig:
         fetch_k: candidates taken from each ranked list, and kept after fusion,
             before de-duplication (default ``max(3 * top_k, 30)``).
         nprobe: IVF lists visited per query (default: the index's own).
+        refine: IVF-PQ candidates re-scored exactly, ``top * refine`` (an index built with
+            ``--refine``; default: the index's own).
         retriever: ``dense``, ``bm25`` or ``hybrid`` (RRF of both).
         per_option: search ``prompt + option`` for each option and fuse the lists.
         rrf_k: the RRF constant (larger = flatter rank weights).
@@ -84,6 +86,7 @@ class RetrievalConfig:
     query: str = "prompt+options"
     fetch_k: int | None = None
     nprobe: int | None = None
+    refine: int | None = None
     retriever: str = "dense"
     per_option: bool = False
     rrf_k: int = 60
@@ -142,6 +145,11 @@ class RetrievalConfig:
 
         if self.retriever in ("bm25", "hybrid") and not has_bm25(meta):
             raise Bm25MissingError(f"--retriever {self.retriever}: " + missing_message(index))
+        if self.refine is not None and (self.refine < 1 or not meta.get("index", {}).get("refine")):
+            raise OpenbookError(f"--refine {self.refine}: " + (
+                "must be 1 or more" if self.refine < 1 else
+                f"--index {index} has no exact re-scoring stage; drop --refine or rebuild the "
+                "index with build_index --index-type ivfpq --refine K_FACTOR"))
         if self.reranker:
             resolve_reranker(self.reranker)  # a missing or wrong folder fails before any work
         return self
@@ -209,7 +217,7 @@ def _ranked_lists(questions: Sequence, store, embedder, config: RetrievalConfig,
         if embedder is None:
             raise ValueError(f"retriever {config.retriever!r} needs an embedder")
         vecs = embedder.encode(queries, progress=progress)
-        scores, ids = store.search(vecs, fetch, nprobe=config.nprobe)
+        scores, ids = store.search(vecs, fetch, nprobe=config.nprobe, refine=config.refine)
         for qi, s, i in zip(owner, scores.tolist(), ids.tolist()):
             lists[qi].append((config.dense_weight, i, s))
     if config.retriever in ("bm25", "hybrid"):
