@@ -42,7 +42,7 @@ demo: index/demo/meta.json
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 
-# The slow tests also cover the Ray engine (local Ray) and the OpenVINO backend: their extras first.
+# The slow tests also cover the OpenVINO backend: its extra first (Ray is in the test extra).
 test-slow: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[demo,test,distributed,openvino]"
 	$(PY) -m pytest -q
