@@ -10,8 +10,8 @@ folder, which must therefore be on a filesystem every node sees (NFS, a shared
 volume). The driver checkpoints the window's shards in corpus order, so a killed
 Ray build resumes like a local one, and the passages (ids, order, text) are exactly
 those of a local build. The index is then built from the shards as usual; for IVF
-indexes :func:`add_ivf_ray` adds the shards to copies of the trained index in Ray
-tasks and merges them in order with faiss's own ``IndexIVF.merge_from``.
+indexes :func:`add_ivf_ray` encodes the shards in Ray tasks (codes only, a bounded number
+in flight) and appends the codes in order with faiss's own ``IndexIVF.add_sa_codes``.
 
 Needs ``pip install '.[distributed]'`` (``ray[data]``).
 
