@@ -113,7 +113,9 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                         "but move the scores (see docs/throughput.md) (default: %(default)s)")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
-    m.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
+    m.add_argument("--batch-size", type=int, default=None,
+                   help="questions per forward pass (default: 8; an encoder reader on CUDA: as "
+                        "many as half the free GPU memory holds)")
     m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     g = p.add_argument_group("causal-LM readers (ignored by encoder readers)")
     g.add_argument("--llm-scoring", choices=SCORINGS, default=None,

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.device import CPU_BATCH
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_output_file, write_files_atomic
 from pipeline.metrics import accuracy_at_1, map_at_3, rank_letters
@@ -53,7 +54,7 @@ class PredictConfig:
     embedder: str | None = None  # default: the index's own
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     max_length: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8, or from free GPU memory (pipeline.device)
     device: str | None = None
     overwrite: bool = False
     progress: bool = True
@@ -160,7 +161,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
 
         guard = TimeBudget(cfg.time_budget, len(questions), top_k=retrieval.top_k,
                            has_readers=bool(cfg.readers), has_cascade=bool(cfg.cascade),
-                           batch_size=cfg.batch_size, start=budget_start)
+                           batch_size=cfg.batch_size or CPU_BATCH, start=budget_start)
         contexts, scores, scorer, described = guard.run(questions, answer, progress=cfg.progress)
     rankings = rank_letters(scores)
     ids = [q.id for q in questions]

@@ -87,7 +87,7 @@ def _stamp(name: str) -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _load_reader(name: str, stamp: tuple, device: str | None, max_length: int | None,
-                 batch_size: int, kind: str = "auto", llm: tuple = (), backend: str = "torch"):
+                 batch_size: int | None, kind: str = "auto", llm: tuple = (), backend: str = "torch"):
     """A reader loaded once per process, folder state and settings (``--time-budget`` scores
     chunk by chunk; ``evaluate`` scores several times)."""
     options = dict(llm)

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.device import CPU_BATCH
 from pipeline.readers.record import ReaderError, load_reader_record
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def reader_kind(name_or_path: str | Path, kind: str = "auto") -> str:
 
 
 def load_reader(name_or_path: str | Path, *, kind: str = "auto", device: str | None = None,
-                max_length: int | None = None, batch_size: int = 8, dtype: Any = None,
+                max_length: int | None = None, batch_size: int | None = None, dtype: Any = None,
                 backend: str = "torch", **llm_options: Any):
     """A :class:`MultipleChoiceReader` or :class:`CausalLMReader` for ``name_or_path``.
 
@@ -89,7 +90,8 @@ def load_reader(name_or_path: str | Path, *, kind: str = "auto", device: str | N
             log.warning("%s is a causal LM: --reader-backend %s applies to multiple-choice "
                         "readers only; it runs on torch", name_or_path, backend)
         return CausalLMReader.from_pretrained(name_or_path, device=device, max_length=max_length,
-                                              batch_size=batch_size, dtype=dtype, **options)
+                                              batch_size=batch_size or CPU_BATCH, dtype=dtype,
+                                              **options)
     from pipeline.readers.multiple_choice import MultipleChoiceReader
 
     if options:

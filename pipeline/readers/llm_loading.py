@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from pipeline.device import pick_device
+from pipeline.device import default_dtype as device_dtype, pick_device
 from pipeline.readers.multiple_choice import _resolve_dtype
 from pipeline.readers.record import READER_CONFIG, ReaderError, ReaderRecord, load_reader_record
 
@@ -54,12 +54,11 @@ def default_llm_max_length(tokenizer: Any, config: Any) -> int:
 
 
 def default_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    """``dtype`` if given; else bfloat16 on CUDA when supported, float16 on older GPUs, float32 on CPU."""
+    """``dtype`` if given; else :func:`pipeline.device.default_dtype` (bf16 on GPUs with native
+    bf16, fp16 on older ones, fp32 on a CPU)."""
     if dtype is not None:
         return _resolve_dtype(dtype, device)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return device_dtype(device)
 
 
 def quantization_config(load_in_4bit: bool, load_in_8bit: bool, device: str, dtype: torch.dtype):

@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.readers.encoding import MultipleChoiceCollator, encode_question
-from pipeline.device import pick_device
+from pipeline.device import activation_bytes, auto_batch_size, default_dtype, pick_device
 from pipeline.metrics import softmax
+from pipeline.questions import LETTERS
 from pipeline.readers.backends import ReaderRuntime, check_backend
 from pipeline.readers.pooling import use_mean_pooling, wants_mean_pooling
 from pipeline.readers.record import READER_CONFIG, ReaderError, load_reader_record
@@ -89,7 +90,7 @@ def default_max_length(tokenizer: Any, config: Any) -> int:
 
 def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     if dtype is None:
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
     resolved = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
@@ -170,7 +171,7 @@ class MultipleChoiceReader:
         *,
         device: str | None = None,
         max_length: int | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         dtype: torch.dtype | str | None = None,
         backend: str = "torch",
     ) -> "MultipleChoiceReader":
@@ -183,8 +184,10 @@ class MultipleChoiceReader:
             max_length: ``None`` reads ``max_length`` from
                 ``openbook_reader.json`` in the directory, else
                 :func:`default_max_length`.
-            batch_size: questions per forward pass.
-            dtype: ``None`` means float16 on CUDA, float32 otherwise.
+            batch_size: questions per forward pass; ``None``: 8 on a CPU, on CUDA as many
+                as half the free GPU memory holds (:func:`pipeline.device.auto_batch_size`).
+            dtype: ``None``: bfloat16 on GPUs with native bf16, float16 on older ones,
+                float32 on a CPU (:func:`pipeline.device.default_dtype`).
             backend: ``torch``, or ``onnx`` / ``openvino`` (``-int8``): a graph exported
                 once from the local folder, on the CPU (:mod:`pipeline.readers.backends`).
 
@@ -241,6 +244,10 @@ class MultipleChoiceReader:
                               f"supports. Fix: pass max_length <= {limit}")
 
         model.to(device)
+        if batch_size is None:
+            per_question = activation_bytes(model.config, len(LETTERS), max_length,
+                                            torch.finfo(torch_dtype).bits // 8)
+            batch_size = auto_batch_size(device, per_question)
         reader = cls(model, tokenizer, name=name, max_length=max_length, batch_size=batch_size,
                      device=device)
         reader.use_backend(backend, path)

@@ -76,7 +76,7 @@ class EvaluateConfig:
     limit: int | None = None
     plots: bool = True
     max_length: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8, or from free GPU memory (pipeline.device)
     device: str | None = None
     overwrite: bool = False
     progress: bool = True
