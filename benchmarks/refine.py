@@ -151,6 +151,10 @@ def main() -> int:
     ap.add_argument("--nlist", type=int, default=None,
                     help="IVF lists (default: the build's rule; 4096 for 1M here, where the "
                          "rule's 16,384 takes too long to train on 2 cores)")
+    ap.add_argument("--refines", type=int, nargs="+", default=list(REFINES),
+                    help="k_factors searched (default: %(default)s)")
+    ap.add_argument("--nprobes", type=int, nargs="+", default=None,
+                    help="nprobe values (default: the index's own and 4x)")
     ap.add_argument("--tmp", default=None, help="where the indexes are written (default /tmp)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--query-file", help=argparse.SUPPRESS)
@@ -186,9 +190,9 @@ def main() -> int:
                 "refine": write(tmp / "refine", db, with_refine(ivf, 8))}
         del db
         variants = [("Flat (exact)", "flat", None, None)]
-        for nprobe in (ivf.nprobe, 4 * ivf.nprobe):
+        for nprobe in args.nprobes or (ivf.nprobe, 4 * ivf.nprobe):
             variants += [("IVF-PQ", "ivfpq", None, nprobe)]
-            variants += [(f"IVF-PQ + refine {r}", "refine", r, nprobe) for r in REFINES]
+            variants += [(f"IVF-PQ + refine {r}", "refine", r, nprobe) for r in args.refines]
         truth = None
         for label, folder, refine, nprobe in variants:
             m, ids = run_measure(tmp / folder, qf, args.k, refine, nprobe, tmp)
