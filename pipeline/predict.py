@@ -18,7 +18,7 @@ from pipeline.readers.cascade import COMBINE
 from pipeline.readers.backends import BACKENDS
 from pipeline.readers.kinds import KINDS
 from pipeline.readers.llm import PER_OPTION, SCORINGS
-from pipeline.retrieval.retriever import QUERY_MODES, RETRIEVERS, RetrievalConfig
+from pipeline.retrieval.retriever import QUERY_MODES, RERANK_FUSIONS, RETRIEVERS, RetrievalConfig
 from pipeline.index.store import VERIFY_MODES
 
 EXAMPLES = """\
@@ -100,6 +100,9 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--rerank-top", type=int, default=RetrievalConfig.rerank_top, metavar="N",
                    help="first-stage candidates per question the reranker reads "
                         "(default: %(default)s)")
+    r.add_argument("--rerank-fusion", choices=RERANK_FUSIONS, default="none",
+                   help="rrf: order by the reciprocal-rank fusion of the retrieval order and the "
+                        "reranker's, not by the reranker alone (default: %(default)s)")
     m = p.add_argument_group("reader")
     m.add_argument("--reader-kind", choices=KINDS, default="auto",
                    help="mc (AutoModelForMultipleChoice) or llm (a causal LM, or a LoRA adapter "
@@ -161,7 +164,8 @@ def retrieval_config(args: argparse.Namespace) -> RetrievalConfig:
     return RetrievalConfig(top_k=args.top_k, query=args.query, nprobe=args.nprobe,
                            refine=args.refine,
                            retriever=args.retriever, per_option=args.per_option_queries,
-                           focus=args.focus, rerank=args.rerank, rerank_top=args.rerank_top)
+                           focus=args.focus, rerank=args.rerank, rerank_top=args.rerank_top,
+                           rerank_fusion=args.rerank_fusion)
 
 
 def reader_settings(args: argparse.Namespace) -> dict:

@@ -53,7 +53,8 @@ from pipeline.retrieval.query import make_query
 log = logging.getLogger(__name__)
 
 __all__ = ["RECORD_FILE", "RECORD_KIND", "Reranker", "RerankerError", "check_reranker_folder",
-           "hub_snapshot", "load_reranker", "local_model_folder", "order_by_score", "read_record", "resolve_reranker"]
+           "fuse_ranks", "hub_snapshot", "load_reranker", "local_model_folder", "order_by_score",
+           "read_record", "resolve_reranker"]
 
 #: The record ``pipeline.train_reranker`` writes beside the weights.
 RECORD_FILE = "openbook_reranker.json"
@@ -197,12 +198,16 @@ class Reranker:
         return out
 
     def rerank(self, questions: Sequence, contexts: Sequence[Contexts], top_k: int, *,
-               progress: bool = False) -> list[Contexts]:
+               progress: bool = False, fuse: bool = False, rrf_k: float = 60) -> list[Contexts]:
         """Each question's passages reordered by the reranker, its best ``top_k`` kept.
 
         ``questions`` are anything with ``prompt`` and ``options``; ``contexts[i]`` are the
-        candidates of ``questions[i]``. Returns new :class:`Contexts` whose ``scores`` are the
-        reranker's and whose ``focused`` is ``None`` (focus, if wanted, comes after)."""
+        candidates of ``questions[i]``, in retrieval order. Returns new :class:`Contexts`
+        whose ``scores`` are the reranker's and whose ``focused`` is ``None`` (focus, if
+        wanted, comes after). ``fuse``: order by the reciprocal-rank fusion of the retrieval
+        rank and the reranker's rank instead (:func:`fuse_ranks`; the scores are then the
+        fused ones), which keeps what the first stage was sure of when the reranker is
+        weaker than it on some questions."""
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         pairs: list[tuple[str, str]] = []
@@ -217,6 +222,8 @@ class Reranker:
             n = len(c.passage_ids)
             s = scores[at:at + n].tolist()
             at += n
+            if fuse:
+                s = fuse_ranks(s, rrf_k)
             keep = order_by_score(s)[:max(top_k, 0)]
             out.append(c.take(keep, [s[j] for j in keep]))
         return out
@@ -232,6 +239,19 @@ class Reranker:
 def order_by_score(scores: Sequence[float]) -> list[int]:
     """Indices by descending score; equal scores keep their original (retrieval) order."""
     return sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+
+
+def fuse_ranks(scores: Sequence[float], k: float = 60) -> list[float]:
+    """Reciprocal-rank fusion of a candidate list's retrieval order (position ``j``) with the
+    order of ``scores``: ``1 / (k + 1 + j) + 1 / (k + 1 + rank_by_score(j))``.
+
+    >>> [round(x * 1000, 2) for x in fuse_ranks([0.5, 0.9, 0.1], k=0)]  # reranker ranks 2, 1, 3
+    [1500.0, 1500.0, 666.67]
+    """
+    fused = [1.0 / (k + 1 + j) for j in range(len(scores))]
+    for rank, j in enumerate(order_by_score(scores)):
+        fused[j] += 1.0 / (k + 1 + rank)
+    return fused
 
 
 _CACHE: dict[tuple, Reranker] = {}

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 QUERY_MODES = ("prompt+options", "prompt")
 RETRIEVERS = ("dense", "bm25", "hybrid")
+RERANK_FUSIONS = ("none", "rrf")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class RetrievalConfig:
             candidates before the best ``top_k`` are kept; ``None``: no reranking, and
             ``"none"`` says so explicitly (a trained reader's saved reranker is not applied).
         rerank_top: first-stage candidates per question the reranker reads.
+        rerank_fusion: ``none`` (the reranker's order) or ``rrf`` (reciprocal-rank fusion of
+            the retrieval order and the reranker's, :func:`~pipeline.retrieval.rerank.fuse_ranks`).
     """
 
     top_k: int = 5
@@ -95,6 +98,7 @@ class RetrievalConfig:
     focus: str = "none"
     rerank: str | None = None
     rerank_top: int = 20
+    rerank_fusion: str = "none"
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -115,6 +119,9 @@ class RetrievalConfig:
             raise OpenbookError(f"fetch_k must be >= 1, got {self.fetch_k}")
         if self.rerank_top < 1:
             raise OpenbookError(f"--rerank-top must be >= 1, got {self.rerank_top}")
+        if self.rerank_fusion not in RERANK_FUSIONS:
+            raise OpenbookError(f"--rerank-fusion must be one of {', '.join(RERANK_FUSIONS)}, "
+                                f"got {self.rerank_fusion!r}")
         if self.rerank is not None and not str(self.rerank).strip():
             raise OpenbookError("--rerank needs a cross-encoder folder or installed model name")
 
@@ -255,7 +262,8 @@ def finish(questions: Sequence, candidates: list[Contexts], embedder, config: Re
     out = candidates
     if config.reranker:
         reranker = load_reranker(config.reranker, device or getattr(embedder, "device", None))
-        out = reranker.rerank(questions, candidates, config.top_k, progress=progress)
+        out = reranker.rerank(questions, candidates, config.top_k, progress=progress,
+                              fuse=config.rerank_fusion == "rrf", rrf_k=config.rrf_k)
     if config.focus == "sentences":
         focus_contexts(questions, out, embedder, progress=progress)
     return out

@@ -12,11 +12,12 @@ import re
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from pipeline.cli import run
 from pipeline.index.chunking import with_title
 from pipeline.retrieval import rerank
 from pipeline.retrieval.rerank import (RECORD_FILE, Reranker, load_reranker,
-                                       order_by_score)
+                                       fuse_ranks, order_by_score)
 from pipeline.questions import Question
 from pipeline.retrieval.retriever import Contexts, make_query
 
@@ -69,6 +70,28 @@ def test_rerank_orders_by_score_keeps_top_k_and_restores_batch_order():
     assert fake.batches[0][0] == (make_query("Which is best?", "abcde"), "T1. score=3 " + "long " * 30)
     assert out == r.rerank(questions, contexts, top_k=3)  # deterministic
     assert [len(c.titles) for c in r.rerank(questions, contexts, top_k=0)] == [0, 0, 0]
+
+
+def test_rrf_fusion_keeps_what_retrieval_was_sure_of():
+    """Retrieval order T0..T4; the reranker puts T4 first and T0 second. Alone it keeps T4
+    first; fused with the retrieval ranks (k=60) T0 (ranks 1 and 2) beats T4 (ranks 5 and 1),
+    and the scores are the fused ones."""
+    fake = FakeCrossEncoder()
+    r = Reranker(model=fake, name="fake", batch_size=8)
+    contexts = [ctx(("T0", "score=4"), ("T1", "score=1"), ("T2", "score=2"), ("T3", "score=0"),
+                    ("T4", "score=5"))]
+    alone = r.rerank([q("Q?")], contexts, top_k=3)[0]
+    fused = r.rerank([q("Q?")], contexts, top_k=3, fuse=True)[0]
+    assert alone.titles == ["T4", "T0", "T2"]
+    assert fused.titles == ["T0", "T4", "T1"]  # T1: ranks 2 and 4 beat T2's 3 and 3
+    assert fused.scores == pytest.approx([1 / 61 + 1 / 62, 1 / 65 + 1 / 61, 1 / 62 + 1 / 64])
+    assert fuse_ranks([5.0, 1.0], k=0) == [2.0, 1.0]  # both orders agree: 1/1 + 1/1, 1/2 + 1/2
+
+
+def test_rerank_fusion_flag(tiny_index, easy_questions, tmp_path):
+    res = run_cli("predict", easy_questions, "--index", tiny_index, "--out", tmp_path / "s.csv",
+                  "--rerank-fusion", "borda")
+    assert res.returncode == 2 and "--rerank-fusion" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_order_by_score_is_stable():
