@@ -71,6 +71,40 @@ def recall_rows(label: str, m: dict) -> list[list]:
             for name, r in m["recall"].items()]
 
 
+def fusion_rows(test_csv: str, index: str, rerank: str, top: int, first: str) -> list[list]:
+    """Source recall@1/3/5 of the ``first`` retriever's order, the reranker's and their RRF
+    (``--rerank-fusion rrf``), from one scoring pass over the same ``top`` candidates; all
+    test questions and the ``stem-`` ones."""
+    from pipeline.questions import load_questions
+    from pipeline.retrieval.indexes import IndexSet
+    from pipeline.retrieval.rerank import fuse_ranks, load_reranker, order_by_score
+    from pipeline.retrieval.sources import load_sources, recall_from_ranks, source_rank
+
+    qs = load_questions(test_csv)
+    sources = load_sources(test_csv, qs)
+    cands = IndexSet.open(index).retrieve(qs, RetrievalConfig(top_k=top, retriever=first),
+                                          progress=False)
+    reranker = load_reranker(rerank)
+    t = time.perf_counter()
+    scored = reranker.rerank(qs, cands, top_k=top)  # every candidate, in the reranker's order
+    secs = (time.perf_counter() - t) / max(1, len(qs))
+    by_id = [dict(zip(c.passage_ids, c.scores)) for c in scored]
+    orders = {"retrieval": lambda c, s: c,
+              "reranker": lambda c, s: c.take(order_by_score(s)),
+              "rrf(retrieval, reranker)": lambda c, s: c.take(order_by_score(fuse_ranks(s)))}
+    rows = []
+    for label, keep in (("all test", lambda q: True), ("stem_1k test", lambda q: q.id.startswith("stem-"))):
+        idx = [i for i, q in enumerate(qs) if keep(q) and sources[i] is not None]
+        for name, order in orders.items():
+            ranks = [source_rank(order(cands[i], [by_id[i][p] for p in cands[i].passage_ids]),
+                                 sources[i]) for i in idx]
+            r = recall_from_ranks(ranks, (1, 3, 5))
+            rows.append([label, f"{first} top {top}, {name}", len(idx),
+                         *(round(r[k], 3) for k in (1, 3, 5))])
+    print(f"reranker: {secs:.3f} s/question for {top} candidates", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", required=True)
@@ -80,9 +114,17 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--readers", nargs="*", default=[])
     p.add_argument("--cascade", nargs=2, metavar=("FIRST", "SECOND"))
+    p.add_argument("--fusion-only", action="store_true",
+                   help="only the table of retrieval order vs reranker vs their RRF")
+    p.add_argument("--first", default="dense", help="first stage of the fusion table")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"2-core x86_64 VM, no GPU; load average at start {os.getloadavg()}")
+    fusion = fusion_rows(args.test, args.index, args.rerank, args.rerank_top, args.first)
+    print("\nSource recall, one scoring pass, three orders of the same candidates:\n")
+    print(table(["questions", "order", "n", "R@1", "R@3", "R@5"], fusion), flush=True)
+    if args.fusion_only:
+        return 0
     work = Path(tempfile.mkdtemp(prefix="rerank_cascade."))
     stem = subset(args.test, "stem-", work / "stem.csv")
     plain = RetrievalConfig(top_k=args.top_k)
