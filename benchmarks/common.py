@@ -76,3 +76,25 @@ def markdown(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def clustered(n: int, centres: np.ndarray, rng, noise: float = 0.6) -> np.ndarray:
+    """``(n, dim)`` float32 unit vectors, each one of ``centres`` (drawn with ``rng``) plus
+    Gaussian ``noise``: the synthetic vectors of the index benchmarks (many near-ties, hard
+    for PQ)."""
+    x = centres[rng.integers(0, len(centres), n)] \
+        + noise * rng.standard_normal((n, centres.shape[1])).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def synthetic_vectors(n: int, n_queries: int, dim: int = 384, *,
+                      query_seed: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(database, queries, description)``: :func:`clustered` vectors around ``n // 500``
+    centres (at least 16), seed 0; the queries continue the same random stream, or start
+    their own at ``query_seed``."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(16, n // 500), dim)).astype(np.float32)
+    db = clustered(n, centres, rng)
+    q = clustered(n_queries, centres,
+                  rng if query_seed is None else np.random.default_rng(query_seed))
+    return db, q, f"{n:,} synthetic clustered {dim}-d unit vectors, {n_queries:,} queries"

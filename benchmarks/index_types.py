@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, SHARED
+from benchmarks.common import REPO, SHARED, synthetic_vectors
 from pipeline.index import faiss_index
 from pipeline.index.sizing import default_nprobe, ivfpq_spec, optimal_nlist
 
@@ -47,16 +47,6 @@ def real_vectors(index_dir: Path, questions: Path, n_queries: int):
         prompts = [r["prompt"] for r in csv.DictReader(f)][:n_queries]
     q = Embedder(meta["embedder"]["name"]).encode(prompts)
     return db, q, f"{len(db):,} real MiniLM passage vectors ({index_dir}), {len(q)} stem_1k prompts"
-
-
-def synthetic_vectors(n: int, n_queries: int, dim: int = 384, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((max(16, n // 500), dim)).astype(np.float32)
-    db = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
-    q = centers[rng.integers(0, len(centers), n_queries)] + 0.6 * rng.standard_normal((n_queries, dim)).astype(np.float32)
-    for x in (db, q):
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return db, q, f"{n:,} synthetic clustered 384-d vectors, {n_queries} queries"
 
 
 def main() -> int:

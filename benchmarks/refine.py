@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, SHARED, markdown
+from benchmarks.common import REPO, SHARED, markdown, synthetic_vectors
 
 REFINES = (4, 8, 16)
 
 
-def rss_mb() -> dict:
+def rss_bytes() -> dict:
     """``RssAnon`` and ``RssFile`` of this process, in bytes."""
     out = {}
     with open("/proc/self/status") as f:
@@ -68,15 +68,15 @@ def measure(index_dir: str, queries: str, k: int, refine: int | None, nprobe: in
     from pipeline.index.store import load_index
 
     q = np.load(queries)
-    before = rss_mb()
+    before = rss_bytes()
     t = time.perf_counter()
     store = load_index(index_dir, mmap=True)
     load_s = time.perf_counter() - t
-    loaded = rss_mb()
+    loaded = rss_bytes()
     t = time.perf_counter()
     _, ids = store.search(q, k, refine=refine, nprobe=nprobe)
     search_s = time.perf_counter() - t
-    after = rss_mb()
+    after = rss_bytes()
     np.save(out, ids)
     return {"load_s": load_s, "search_s": search_s,
             "anon_load": loaded["RssAnon"] - before["RssAnon"],
@@ -99,18 +99,6 @@ def real_vectors(index_dir: Path, n_queries: int) -> tuple[np.ndarray, np.ndarra
     q = Embedder(meta["embedder"]["name"]).encode(prompts[:n_queries])
     return db, q, (f"{len(db):,} real MiniLM passage vectors ({index_dir}), {len(q):,} "
                    "shared-data prompts as queries")
-
-
-def synthetic_vectors(n: int, n_queries: int, dim: int = 384):
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((max(16, n // 500), dim)).astype(np.float32)
-
-    def draw(m, r):
-        x = centres[r.integers(0, len(centres), m)] + 0.6 * r.standard_normal((m, dim)).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    return draw(n, rng), draw(n_queries, np.random.default_rng(1)), \
-        f"{n:,} synthetic clustered 384-d unit vectors, {n_queries:,} queries"
 
 
 def write(out: Path, db: np.ndarray, spec) -> int:
@@ -170,7 +158,7 @@ def main() -> int:
     from pipeline.index.faiss_index import choose_index, with_refine
 
     if args.synthetic:
-        db, q, what = synthetic_vectors(args.synthetic, args.queries)
+        db, q, what = synthetic_vectors(args.synthetic, args.queries, query_seed=1)
     else:
         db, q, what = real_vectors(args.index, args.queries)
     n, dim = db.shape

@@ -27,15 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import clustered
 from pipeline.index.chunking import Passage
 from pipeline.index.sizing import choose_by_budget, parse_size
 from pipeline.index.store import load_index
 from pipeline.index.writer import IndexWriter
-
-
-def clustered(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:
-    x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def main() -> int:
@@ -77,11 +73,11 @@ def main() -> int:
         block = 50_000
         for s in range(0, args.n, block):
             m = min(block, args.n - s)
-            w.add([Passage(str(i), str(i), "", "", 0) for i in range(s, s + m)], clustered(m, dim, centers, rng))
+            w.add([Passage(str(i), str(i), "", "", 0) for i in range(s, s + m)], clustered(m, centers, rng))
         w.finish({"embedder": {"name": "synthetic", "dim": dim, "normalize": True}}, spec)
         build_s = time.perf_counter() - t
         store = load_index(out, mmap=True)
-        q = clustered(args.queries, dim, centers, np.random.default_rng(1))
+        q = clustered(args.queries, centers, np.random.default_rng(1))
         t = time.perf_counter()
         _, ids = store.search(q, args.k)  # one batched call, as predict does
         ivf_s = time.perf_counter() - t
@@ -89,7 +85,7 @@ def main() -> int:
         sub = min(args.flat_subset, args.n)
     rng = np.random.default_rng(0)  # regenerate the same first vectors for the subset
     centers = rng.standard_normal((2000, dim)).astype(np.float32)
-    xs = np.concatenate([clustered(min(block, sub - s), dim, centers, rng) for s in range(0, sub, block)])
+    xs = np.concatenate([clustered(min(block, sub - s), centers, rng) for s in range(0, sub, block)])
     flat = faiss.IndexFlatIP(dim)
     flat.add(xs)
     t = time.perf_counter()

@@ -81,21 +81,20 @@ def _write_error(path: Path, flag: str, e: OSError) -> OpenbookError:
 def _publish_new(tmp: Path, path: Path, flag: str) -> None:
     """Give ``tmp`` the name ``path`` only if ``path`` does not exist (a hard link, which
     never replaces; an exclusive create where hard links are not supported)."""
+    taken = OpenbookError(f"{flag} {path} appeared while this run was working (another run "
+                          f"wrote it?); nothing was replaced: pass --overwrite to replace it, "
+                          f"or choose another {flag}")
     try:
         os.link(tmp, path)
         return
     except FileExistsError:
-        raise OpenbookError(f"{flag} {path} appeared while this run was working (another run "
-                            f"wrote it?); nothing was replaced: pass --overwrite to replace it, "
-                            f"or choose another {flag}") from None
+        raise taken from None
     except OSError:  # no hard links on this filesystem: claim the name, then rename onto it
         pass
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except FileExistsError:
-        raise OpenbookError(f"{flag} {path} appeared while this run was working (another run "
-                            f"wrote it?); nothing was replaced: pass --overwrite to replace it, "
-                            f"or choose another {flag}") from None
+        raise taken from None
     os.replace(tmp, path)
 
 

@@ -110,13 +110,6 @@ class PredictResult:
     seconds: float = 0.0
 
 
-def check_writable(path: Path, overwrite: bool, flag: str = "--out", *, inputs=(),
-                   others=()) -> None:
-    """Fail before any work if ``path`` exists (without ``overwrite``), is an input of the
-    run (``inputs``) or another output (``others``), or can't be written."""
-    check_output_file(path, overwrite, flag, inputs=inputs, others=others)
-
-
 def submission_csv(ids: Sequence[str], rankings: Sequence[Sequence[str]]) -> str:
     """``id,prediction`` with the top three letters space-separated."""
     import csv
@@ -137,9 +130,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
     out = Path(cfg.out)
     inputs = [("the questions file", cfg.questions), *(("--index", i) for i in cfg.indexes),
               *(("--reader", r) for r in cfg.readers)]
-    check_writable(out, cfg.overwrite, inputs=inputs)
-    check_writable(cfg.report_path, cfg.overwrite, "--report", inputs=inputs,
-                   others=[("--out", out)])
+    check_output_file(out, cfg.overwrite, inputs=inputs)
+    check_output_file(cfg.report_path, cfg.overwrite, "--report", inputs=inputs,
+                      others=[("--out", out)])
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
     indexes = IndexSet.open(cfg.indexes, embedder=cfg.embedder, device=cfg.device,

@@ -37,7 +37,7 @@ from pipeline.corpus.multifile import LEDGER_FILE
 from pipeline.corpus.stream import iter_documents, skip_documents
 from pipeline.index.embedding import DEFAULT_EMBEDDER, Embedder
 from pipeline.errors import OpenbookError
-from pipeline.index.faiss_index import choose_index, with_refine
+from pipeline.index.faiss_index import check_refine, choose_index, with_refine
 from pipeline.index.sizing import choose_by_budget, estimate, human, parse_size
 from pipeline.index.shards import ShardSet
 from pipeline.index.lock import BuildLock
@@ -160,11 +160,8 @@ def build_index(cfg: BuildConfig) -> dict:
         raise OpenbookError("--corpus is required unless --format demo")
     if cfg.shard_size < 1:
         raise OpenbookError(f"--shard-size must be 1 or more, got {cfg.shard_size}")
-    if cfg.refine is not None and (cfg.refine < 1 or cfg.index_type == "flat"):
-        raise OpenbookError(f"--refine {cfg.refine}: " + (
-            "must be 1 or more (k x refine candidates are re-scored)" if cfg.refine < 1 else
-            "a flat index is exact already; use --index-type ivfpq (or auto, or "
-            "--max-index-memory) with --refine"))
+    if cfg.refine is not None:  # before any embedding (auto -> flat is refused after it)
+        check_refine(cfg.refine, cfg.index_type)
     if cfg.engine not in ("local", "ray"):
         raise OpenbookError(f"--engine must be local or ray, got {cfg.engine!r}")
     if cfg.max_index_memory:

@@ -90,15 +90,24 @@ class IndexSpec:
 
     def bytes_per_vector(self, dim: int) -> int:
         """Bytes a vector keeps resident: with ``refine`` the full vectors stay memory-mapped
-        on disk (:meth:`disk_bytes_per_vector`), only the codes and ids are in RAM."""
+        on disk (``4 * dim`` more bytes of disk), only the codes and ids are in RAM."""
         return 4 * dim if self.type == "flat" else (self.m or 0) * (self.nbits or 8) // 8 + 8
-
-    def disk_bytes_per_vector(self, dim: int) -> int:
-        return self.bytes_per_vector(dim) + (4 * dim if self.refine else 0)
 
 
 #: The factory suffix of faiss's exact refine stage (``IndexRefineFlat``).
 REFINE_SUFFIX = ",RFlat"
+
+
+def check_refine(k_factor, index_type: str | None = None) -> int:
+    """``k_factor`` (``--refine``) as an int, or an :class:`OpenbookError` naming the flag: it
+    must be a whole number >= 1, and there is nothing to re-score in a flat index."""
+    if isinstance(k_factor, bool) or not isinstance(k_factor, int) or k_factor < 1:
+        raise OpenbookError(f"--refine {k_factor}: must be 1 or more (k x refine candidates are "
+                            "re-scored)")
+    if index_type == "flat":
+        raise OpenbookError(f"--refine {k_factor}: a flat index is exact already; use "
+                            "--index-type ivfpq (or auto, or --max-index-memory) with --refine")
+    return int(k_factor)
 
 
 def with_refine(spec: IndexSpec, k_factor: int | None) -> IndexSpec:
@@ -110,15 +119,10 @@ def with_refine(spec: IndexSpec, k_factor: int | None) -> IndexSpec:
     >>> with_refine(choose_index(600_000, 384, "ivfpq"), 8).factory
     'IVF4096,PQ48np,RFlat'
     """
-    if not k_factor:
+    if k_factor is None:
         return spec
-    if k_factor < 1:
-        raise OpenbookError(f"--refine must be 1 or more (candidates = k x refine), got {k_factor}")
-    if spec.type == "flat":
-        raise OpenbookError("--refine re-scores a compressed index with the exact vectors, but "
-                            "this index is flat (already exact): drop --refine, or use "
-                            "--index-type ivfpq / --max-index-memory")
-    return replace(spec, factory=spec.base_factory + REFINE_SUFFIX, refine=int(k_factor))
+    k_factor = check_refine(k_factor, spec.type)
+    return replace(spec, factory=spec.base_factory + REFINE_SUFFIX, refine=k_factor)
 
 
 def optimal_nlist(n: int) -> int:
@@ -307,11 +311,12 @@ def write_refine_streaming(f, base, dim: int, n: int, blocks, k_factor: int) -> 
     shell = faiss.IndexRefineFlat(empty_base)
     shell.k_factor = float(k_factor)
     raw = faiss.serialize_index(shell).tobytes()
-    base_bytes = len(faiss.serialize_index(empty_base))
-    head = 4 + len(_flat_header(dim, 0)) - 8 - 4  # fourcc + Index header (flat's, less its own
-    flat_empty = _flat_header(dim, 0)              # fourcc and vector count)
-    if (raw[head:head + base_bytes] != faiss.serialize_index(empty_base).tobytes()
-            or raw[head + base_bytes:-4] != flat_empty):
+    base_empty = faiss.serialize_index(empty_base).tobytes()
+    flat_empty = _flat_header(dim, 0)
+    # fourcc + the Index header: the same fields a flat index writes before its vector count
+    head = len(flat_empty) - 8
+    if (raw[head:head + len(base_empty)] != base_empty
+            or raw[head + len(base_empty):-4] != flat_empty):
         raise RuntimeError("this faiss writes IndexRefineFlat differently; build without --refine")
     prefix = bytearray(raw[:head])
     prefix[8:16] = struct.pack("<q", n)  # fourcc(4) d(4) ntotal(8)
@@ -326,12 +331,11 @@ def set_refine(index, k_factor: int | None) -> None:
     ``None``; an error on an index without a refine stage."""
     if k_factor is None:
         return
+    k_factor = check_refine(k_factor)
     index = _downcast(index)
     if not type(index).__name__.startswith("IndexRefine"):
         raise OpenbookError(f"--refine {k_factor}: this index ({type(index).__name__}) has no "
                             "exact re-scoring stage; rebuild it with build_index --refine")
-    if k_factor < 1:
-        raise OpenbookError(f"--refine must be 1 or more, got {k_factor}")
     index.k_factor = float(k_factor)
 
 

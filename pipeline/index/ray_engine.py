@@ -168,13 +168,19 @@ def add_ivf_ray(index, shards, *, address: str | None = None, in_flight: int | N
     limit = in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     ivf = faiss.extract_index_ivf(index)
     pending: deque = deque()
+
+    def append_oldest() -> None:  # in order: shard i's ids follow shard i-1's
+        first, fut = pending.popleft()
+        codes = ray.get(fut)
+        ivf.add_sa_codes(codes, np.arange(first, first + len(codes), dtype=np.int64))
+        index.ntotal = ivf.ntotal
+
     start = 0
     for i in range(shards.shards):
+        if len(pending) >= limit:
+            append_oldest()
         pending.append((start, encode.remote(ref, str(shards.vector_path(i)), shards.dim)))
         start += shards.rows(i)
-        while len(pending) >= limit or (i == shards.shards - 1 and pending):
-            first, fut = pending.popleft()  # in order: shard i's ids follow shard i-1's
-            codes = ray.get(fut)
-            ivf.add_sa_codes(codes, np.arange(first, first + len(codes), dtype=np.int64))
-            index.ntotal = ivf.ntotal
+    while pending:
+        append_oldest()
     return index

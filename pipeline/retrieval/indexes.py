@@ -39,7 +39,8 @@ from pipeline.index.bm25 import has_bm25, load_bm25
 from pipeline.index.embedding import Embedder, resolve_model
 from pipeline.index.store import IndexStore, load_index
 from pipeline.retrieval.contexts import Contexts
-from pipeline.retrieval.retriever import RetrievalConfig, finish, first_stage, retrieve, rrf_fuse
+from pipeline.retrieval.fusion import rrf_fuse
+from pipeline.retrieval.retriever import RetrievalConfig, finish, first_stage, retrieve
 from pipeline.retrieval.setup import open_embedder
 
 log = logging.getLogger(__name__)

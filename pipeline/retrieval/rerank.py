@@ -48,6 +48,7 @@ from pipeline.device import pick_device
 from pipeline.errors import OpenbookError
 from pipeline.index.chunking import with_title
 from pipeline.retrieval.contexts import Contexts
+from pipeline.retrieval.fusion import rrf_fuse
 from pipeline.retrieval.query import make_query
 
 log = logging.getLogger(__name__)
@@ -248,10 +249,8 @@ def fuse_ranks(scores: Sequence[float], k: float = 60) -> list[float]:
     >>> [round(x * 1000, 2) for x in fuse_ranks([0.5, 0.9, 0.1], k=0)]  # reranker ranks 2, 1, 3
     [1500.0, 1500.0, 666.67]
     """
-    fused = [1.0 / (k + 1 + j) for j in range(len(scores))]
-    for rank, j in enumerate(order_by_score(scores)):
-        fused[j] += 1.0 / (k + 1 + rank)
-    return fused
+    fused = dict(rrf_fuse([range(len(scores)), order_by_score(scores)], k=k))
+    return [fused[j] for j in range(len(scores))]
 
 
 _CACHE: dict[tuple, Reranker] = {}

@@ -46,8 +46,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 from pipeline.errors import OpenbookError
+from pipeline.index.faiss_index import check_refine
 from pipeline.retrieval.contexts import Contexts
 from pipeline.retrieval.focus import FOCUS_MODES, focus_contexts
+from pipeline.retrieval.fusion import rrf_fuse
 from pipeline.retrieval.query import make_query, option_queries
 from pipeline.retrieval.rerank import load_reranker, resolve_reranker
 
@@ -119,6 +121,8 @@ class RetrievalConfig:
             raise OpenbookError(f"fetch_k must be >= 1, got {self.fetch_k}")
         if self.rerank_top < 1:
             raise OpenbookError(f"--rerank-top must be >= 1, got {self.rerank_top}")
+        if self.refine is not None:
+            check_refine(self.refine)
         if self.rerank_fusion not in RERANK_FUSIONS:
             raise OpenbookError(f"--rerank-fusion must be one of {', '.join(RERANK_FUSIONS)}, "
                                 f"got {self.rerank_fusion!r}")
@@ -152,11 +156,10 @@ class RetrievalConfig:
 
         if self.retriever in ("bm25", "hybrid") and not has_bm25(meta):
             raise Bm25MissingError(f"--retriever {self.retriever}: " + missing_message(index))
-        if self.refine is not None and (self.refine < 1 or not meta.get("index", {}).get("refine")):
-            raise OpenbookError(f"--refine {self.refine}: " + (
-                "must be 1 or more" if self.refine < 1 else
-                f"--index {index} has no exact re-scoring stage; drop --refine or rebuild the "
-                "index with build_index --index-type ivfpq --refine K_FACTOR"))
+        if self.refine is not None and not meta.get("index", {}).get("refine"):
+            raise OpenbookError(f"--refine {self.refine}: --index {index} has no exact "
+                                "re-scoring stage; drop --refine or rebuild the index with "
+                                "build_index --index-type ivfpq --refine K_FACTOR")
         if self.reranker:
             resolve_reranker(self.reranker)  # a missing or wrong folder fails before any work
         return self
@@ -170,36 +173,6 @@ def make_queries(prompt: str, options: Sequence[str], config: RetrievalConfig) -
     if config.per_option:
         return option_queries(prompt, options)
     return [make_query(prompt, options, config.query)]
-
-
-def rrf_fuse(rankings: Sequence[Sequence[int]], *, k: float = 60,
-             weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
-    """Reciprocal-rank fusion of ranked id lists -> ``[(id, score)]``, best first.
-
-    ``score(id) = sum_l weights[l] / (k + rank_l(id))`` with ranks from 1;
-    negative ids (padding) and repeats within a list are skipped. Ties go to
-    the id with the better best rank, then to the earlier list.
-
-    >>> rrf_fuse([[1, 2], [2, 1]], weights=[2.0, 1.0])[0][0]
-    1
-    """
-    weights = [1.0] * len(rankings) if weights is None else list(weights)
-    if len(weights) != len(rankings):
-        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
-    score: dict[int, float] = {}
-    best: dict[int, tuple[int, int]] = {}
-    for li, (ranking, w) in enumerate(zip(rankings, weights)):
-        seen: set[int] = set()
-        rank = 0
-        for i in ranking:
-            i = int(i)
-            if i < 0 or i in seen:
-                continue
-            seen.add(i)
-            rank += 1
-            score[i] = score.get(i, 0.0) + w / (k + rank)
-            best[i] = min(best.get(i, (rank, li)), (rank, li))
-    return sorted(score.items(), key=lambda kv: (-kv[1], best[kv[0]]))
 
 
 def _norm(text: str) -> str:

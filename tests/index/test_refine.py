@@ -96,7 +96,7 @@ def test_refine_index_finds_the_exact_neighbours(tmp_path):
 
 
 def test_with_refine_refuses_flat_and_bad_factors():
-    with pytest.raises(OpenbookError, match="already exact"):
+    with pytest.raises(OpenbookError, match="a flat index is exact already"):
         faiss_index.with_refine(faiss_index.choose_index(10, 8, "flat"), 4)
     with pytest.raises(OpenbookError, match="1 or more"):
         faiss_index.with_refine(faiss_index.choose_index(5000, 8, "ivfpq"), -2)
