@@ -123,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
     idx.add_argument("--no-bm25", action="store_true",
                      help="skip the BM25 index (DIR/bm25/) used by --retriever bm25|hybrid; add it "
                           "later with `python -m pipeline.bm25 --index DIR`")
+    idx.add_argument("--bm25-memory", default=BuildConfig.bm25_memory, metavar="SIZE",
+                     help="working memory of the BM25 build beyond its vocabulary: sorted runs "
+                          "spill to disk beyond it, so any corpus size fits (default: "
+                          "%(default)s)")
     big = p.add_argument_group("scale")
     big.add_argument("--shard-size", type=int, default=BuildConfig.shard_size, metavar="N",
                      help="passages per checkpointed shard: a killed build rerun with the same "
@@ -158,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_index_memory=args.max_index_memory, shard_size=args.shard_size, engine=args.engine,
         ray_address=args.ray_address,
         overwrite=args.overwrite, keep_vectors=args.keep_vectors, refine=args.refine,
-        bm25=not args.no_bm25,
+        bm25=not args.no_bm25, bm25_memory=args.bm25_memory,
         progress=not args.no_progress)
     meta = build_index(cfg)
     b = meta["build"]

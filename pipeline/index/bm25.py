@@ -33,16 +33,13 @@ this module always gave, so BM25 indexes built before load and score the same.
 The BM25 bits are recorded in ``meta.json["bm25"]``; ``bm25/`` files are listed
 there, not in the top-level ``files``, so an index without BM25 is still complete.
 
-Building streams ``passages.parquet`` a batch at a time: text is tokenised
-and dropped, and only the term ids stay (``array('i')``, 4 bytes a term).
-What ``bm25s`` itself holds in memory while indexing: every passage's term
-ids (the ``corpus_token_ids`` list it requires), the vocabulary dict, its
-tokenizer's word -> stem and word -> id dicts, the document-frequency dict, and three arrays of (distinct term, passage)
-pairs (float32 score, int32 row, int32 term) plus their CSC copy, i.e. about
-4 B x tokens + ~24 B x nnz. For 10k demo summaries that is a few MB; for all
-of English Wikipedia (~3G tokens) it needs tens of GB, so build such a BM25
-on a big machine (or skip it with ``--no-bm25``). At query time the three
-CSC arrays are memory-mapped; the vocabulary (a dict) is read into RAM.
+Building streams ``passages.parquet`` a batch at a time and writes the score
+matrix by :func:`pipeline.index.bm25_build.build_streaming`: sorted runs of
+(term, passage) pairs spilled to disk, then the CSC columns written a term
+range at a time, so memory stays within ``memory_mb`` (``--memory-mb``,
+default 1 GB) plus the vocabulary, whatever the corpus size; the files are
+byte-for-byte those ``bm25s.BM25.index`` + ``save`` write. At query time the
+three CSC arrays are memory-mapped; the vocabulary (a dict) is read into RAM.
 
 Building runs beside the live files (``bm25/`` is replaced only when the new
 one is whole, and ``meta.json["bm25"]`` is written last), so it can be re-run
@@ -66,7 +63,6 @@ import re
 import shutil
 import time
 import unicodedata
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -78,6 +74,7 @@ from pipeline.index.chunking import with_title
 from pipeline.errors import IndexMismatchError, OpenbookError
 from pipeline.fileio import publish_dir, sha256_file, write_json_atomic
 from pipeline.index.artifacts import check_bm25_model, check_files, short_error
+from pipeline.index.bm25_build import build_streaming
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +83,8 @@ TOKENIZER_FILE = "tokenizer.json"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 STEMMERS = ("auto", "english", "none")
 STOPWORD_LISTS = ("en_plus", "en", "none")
+#: Working memory of a BM25 build beyond the vocabulary (runs and column ranges), MB.
+DEFAULT_MEMORY_MB = 1024
 
 #: Numbers with thousands commas or decimal points first (so "3.14" stays one
 #: term), then runs of letters/digits ("h2o", "1905"); "_" is a separator.
@@ -235,60 +234,36 @@ def has_bm25(meta: dict) -> bool:
     return isinstance(meta.get("bm25"), dict) and bool(meta["bm25"].get("files"))
 
 
-def _tokenize_passages(parquet: Path, tokenizer: TermTokenizer, *, progress: bool,
-                       batch_rows: int = 2048) -> tuple[list[array], dict[str, int], int]:
-    """Stream the passage table -> (term ids per passage, vocab, total terms).
-
-    Ids are numbered in order of first appearance after ``""`` = 0, the empty passage's
-    only term (bm25s convention).
-    """
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(parquet)
-    tok = tokenizer.bm25s_tokenizer()
-    docs: list[array] = []
-    n_terms = 0
-    bar = tqdm(total=pf.metadata.num_rows, desc="bm25 tokenise", unit="passage",
-               disable=not progress, dynamic_ncols=True)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["doc_title", "text"]):
-        titles = batch.column("doc_title").to_pylist()
-        texts = [with_title(t or "", x or "") for t, x in zip(titles, batch.column("text").to_pylist())]
-        for ids in tok.streaming_tokenize(texts, update_vocab=True, allow_empty=True):
-            n_terms += 0 if ids == [0] else len(ids)
-            docs.append(array("i", ids))
-        bar.update(len(texts))
-    bar.close()
-    return docs, tok.get_vocab_dict(), n_terms
-
-
 def _file_records(index_dir: Path, folder: Path) -> dict:
     return {f"{BM25_DIR}/{p.name}": {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
-             progress: bool = True) -> dict:
+             memory_mb: float = DEFAULT_MEMORY_MB, progress: bool = True) -> dict:
     """Build (or rebuild) the BM25 index of a finished index directory.
 
     Returns the ``meta.json["bm25"]`` record. The old ``bm25/`` (if any)
     stays usable until the new one is complete. Holds the index's build lock
     (``.NAME.lock``), so two builds never write the same directory; a caller
     in this process that already holds it (``build_index``) keeps it.
+    ``memory_mb`` bounds the build's working memory beyond the vocabulary
+    (:mod:`pipeline.index.bm25_build`); it changes how, not what, is built.
     """
     from pipeline.index.lock import BuildLock
 
     index = Path(index)
     lock = BuildLock(index)  # one builder per index directory (build_index or this)
     if lock.held_by_this_process():
-        return _add_bm25(index, config, progress=progress)
+        return _add_bm25(index, config, memory_mb=memory_mb, progress=progress)
     lock.acquire()
     try:
-        return _add_bm25(index, config, progress=progress)
+        return _add_bm25(index, config, memory_mb=memory_mb, progress=progress)
     finally:
         lock.release()
 
 
-def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
+def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bool) -> dict:
     import bm25s
 
     from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta
@@ -300,18 +275,13 @@ def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
     if partial.exists():
         shutil.rmtree(partial)
     try:
-        docs, vocab, n_terms = _tokenize_passages(index / PASSAGES_FILE, tokenizer,
-                                                  progress=progress)
+        stats = build_streaming(index / PASSAGES_FILE, partial, tokenizer, k1=config.k1,
+                                b=config.b, method=config.method, memory_mb=memory_mb,
+                                progress=progress)
         n = meta["counts"]["passages"]
-        if len(docs) != n:
-            raise IndexMismatchError(f"--index {index}: passages.parquet has {len(docs)} rows but "
-                                     f"meta.json says {n}; rebuild the index")
-        log.info("bm25: %d passages, %d terms, vocabulary %d; scoring (k1=%s b=%s %s)", n,
-                 n_terms, len(vocab), config.k1, config.b, config.method)
-        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        model.index((docs, vocab), create_empty_token=False, show_progress=progress)
-        del docs
-        model.save(str(partial), show_progress=False)
+        if stats.num_docs != n:
+            raise IndexMismatchError(f"--index {index}: passages.parquet has {stats.num_docs} rows "
+                                     f"but meta.json says {n}; rebuild the index")
         (partial / TOKENIZER_FILE).write_text(json.dumps(tokenizer.describe(), indent=1) + "\n",
                                               encoding="utf-8")
         record = {
@@ -319,15 +289,15 @@ def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
             "params": {"k1": config.k1, "b": config.b, "method": config.method},
             "tokenizer": {k: v for k, v in tokenizer.describe().items() if k != "stopword_list"}
             | {"n_stopwords": len(tokenizer.stopwords)},
-            "vocab_size": len(vocab),
+            "vocab_size": stats.vocab_size,
             "num_docs": n,
-            "avg_terms_per_passage": round(n_terms / max(n, 1), 2),
-            "nnz": int(model.scores["data"].shape[0]),
+            "avg_terms_per_passage": round(stats.n_tokens / max(n, 1), 2),
+            "nnz": stats.nnz,
+            "build": {"memory_mb": memory_mb, "runs": stats.runs, "column_ranges": stats.ranges},
             "files": _file_records(index, partial),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {"bm25s": bm25s.__version__, "PyStemmer": _pystemmer_version()},
         }
-        del model
         # Publish: forget the old BM25 in meta.json, swap the folder, then record the new one.
         meta = read_meta(index)
         if meta.pop("bm25", None) is not None:
@@ -341,7 +311,7 @@ def _add_bm25(index: Path, config: Bm25Config, *, progress: bool) -> dict:
         raise
     size = sum(f["bytes"] for f in record["files"].values())
     log.info("bm25 for %s: %d passages, vocabulary %d, %.1f MB, %.1f s", index, n,
-             len(vocab), size / 1e6, record["seconds"])
+             stats.vocab_size, size / 1e6, record["seconds"])
     return record
 
 

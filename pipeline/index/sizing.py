@@ -44,13 +44,13 @@ QUANT_MIN = IVFPQ_MIN
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: str | int, flag: str = "--max-index-memory") -> int:
     """``"4G"`` -> bytes (K, M, G, T are powers of 1024; ``KB``/``GiB`` spellings accepted)."""
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
     if not m:
-        raise OpenbookError(f"--max-index-memory {text!r}: not a size; write e.g. 512M, 4G or 1.5T")
+        raise OpenbookError(f"{flag} {text!r}: not a size; write e.g. 512M, 4G or 1.5T")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
