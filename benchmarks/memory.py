@@ -1,7 +1,8 @@
 """Peak RSS of a 10k- vs a 200k-passage build: memory must not grow with the corpus (ratio <= 1.3).
 
 Each build runs ``python -m pipeline.build_index`` in a fresh child process and
-reports that process's peak resident memory (``ru_maxrss``). The corpus is
+reports that process's peak resident memory (``VmHWM`` of /proc/self/status: not
+``ru_maxrss``, which keeps the parent's resident size across fork + exec). The corpus is
 synthetic (distinct generated sentences, one ~50-token passage per document,
 ``--chunk-size 64``). To keep 200k passages cheap on a 2-core machine the
 embedder is a **tiny random sentence-transformers model** (1 BERT layer,
@@ -9,14 +10,21 @@ hidden 32, MiniLM's tokenizer, mean pooling, a dense layer to 384-d) built on th
 temp folder: the vectors are meaningless but have the real size, and
 every other stage (read, chunk, shard files, checkpoint, index, passages) is
 the real one. Default index: ``auto`` (flat at these sizes, streamed to disk);
-``--index-type ivfpq`` measures the compressed path. BM25 is measured
-separately with ``--bm25`` (it holds every passage's term ids while
-indexing, so it does grow with the corpus; see pipeline/bm25.py).
+``--index-type ivfpq`` measures the compressed path. ``--bm25`` adds the
+whole build with its BM25 stage.
+
+``--bm25-only`` measures the BM25 stage alone on the same passages (indexes
+built once with ``--no-bm25``): ``python -m pipeline.bm25 --memory SIZE``
+(the streaming build, :mod:`pipeline.index.bm25_build`) against the in-memory
+build it replaced (every passage's term ids in lists, then
+``bm25s.BM25.index``), each in a fresh child process, and checks that both
+write the same score matrix.
 
 Run (~5-10 min on 2 busy cores)::
 
     .venv/bin/python -m benchmarks.memory
     .venv/bin/python -m benchmarks.memory --sizes 10000 200000 --bm25
+    .venv/bin/python -m benchmarks.memory --sizes 50000 500000 --bm25-only --bm25-memory 64M
 """
 
 from __future__ import annotations
@@ -33,15 +41,84 @@ from pathlib import Path
 from benchmarks.common import REPO
 
 CHILD = """
-import resource, sys, runpy
+import sys, runpy
 sys.argv = ["build_index"] + sys.argv[1:]
 try:
     runpy.run_module("pipeline.build_index", run_name="__main__")
 except SystemExit as e:
     if e.code:
         raise
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
 """
+
+
+IN_MEMORY_BM25 = """
+import sys, time
+from array import array
+from pathlib import Path
+import bm25s
+from pipeline.index.bm25 import TermTokenizer
+from pipeline.index.bm25_build import passage_texts
+index, out = Path(sys.argv[1]), sys.argv[2]
+t = time.perf_counter()
+tok = TermTokenizer.from_config().bm25s_tokenizer()
+docs = [array("i", ids) for batch in passage_texts(index / "passages.parquet")
+        for ids in tok.streaming_tokenize(batch, update_vocab=True, allow_empty=True)]
+model = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+model.index((docs, tok.get_vocab_dict()), create_empty_token=False, show_progress=False)
+model.save(out, show_progress=False)
+print("SECONDS", time.perf_counter() - t)
+print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
+"""
+
+STREAMING_BM25 = """
+import sys, runpy, time
+t = time.perf_counter()
+sys.argv = ["bm25"] + sys.argv[1:]
+try:
+    runpy.run_module("pipeline.bm25", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+print("SECONDS", time.perf_counter() - t)
+print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh interpreter; its printed ``KEY value`` lines as a dict."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"child failed:\n{res.stderr[-3000:]}")
+    return {k: float(v) for k, v in (line.split() for line in res.stdout.splitlines()
+                                     if line.startswith(("MAXRSS_KB", "SECONDS")))}
+
+
+def bm25_only(tmp: Path, model: Path, sizes: list[int], memory: str) -> None:
+    """Peak RSS of the BM25 stage alone: in-memory bm25s vs ``pipeline.bm25 --memory``."""
+    import filecmp
+
+    print(f"peak RSS of the BM25 stage alone (child VmHWM), synthetic corpus, "
+          f"`python -m pipeline.bm25 --memory {memory}` vs the in-memory bm25s build")
+    rows = []
+    for n in sizes:
+        idx = tmp / f"idx{n}"
+        run(corpus(tmp / f"c{n}.jsonl", n), model, idx, ["--no-bm25"])
+        old = child(IN_MEMORY_BM25, str(idx), str(tmp / f"ref{n}"))
+        new = child(STREAMING_BM25, "--index", str(idx), "--memory", memory, "--no-progress")
+        meta = json.loads((idx / "meta.json").read_text())
+        same = all(filecmp.cmp(tmp / f"ref{n}" / f, idx / "bm25" / f, shallow=False)
+                   for f in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"))
+        b = meta["bm25"]
+        rows.append((old["MAXRSS_KB"] / 1024, new["MAXRSS_KB"] / 1024))
+        print(f"  {meta['counts']['passages']:>9,} passages, {b['nnz']:>11,} pairs, vocabulary "
+              f"{b['vocab_size']:>9,}: in-memory {rows[-1][0]:6.0f} MB {old['SECONDS']:6.1f} s | "
+              f"streaming {rows[-1][1]:6.0f} MB {new['SECONDS']:6.1f} s ({b['build']['runs']} runs, "
+              f"{b['build']['column_ranges']} ranges) | same matrix: {same}", flush=True)
+    print(f"  ratio {sizes[1]:,} / {sizes[0]:,}: in-memory {rows[1][0] / rows[0][0]:.2f}, "
+          f"streaming {rows[1][1] / rows[0][1]:.2f}")
 
 
 def tiny_model(folder: Path) -> Path:
@@ -95,14 +172,20 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs=2, default=[10_000, 200_000])
     ap.add_argument("--index-type", default="auto")
     ap.add_argument("--bm25", action="store_true", help="also measure with the BM25 stage")
+    ap.add_argument("--bm25-only", action="store_true",
+                    help="measure the BM25 stage alone, streaming vs in-memory")
+    ap.add_argument("--bm25-memory", default="64M", help="--memory for the streaming BM25")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tiny_model(tmp)
+        if args.bm25_only:
+            bm25_only(tmp, model, args.sizes, args.bm25_memory)
+            return 0
         variants = [("no bm25", ["--no-bm25", "--index-type", args.index_type])]
         if args.bm25:
             variants.append(("with bm25", ["--index-type", args.index_type]))
-        print("peak RSS of `python -m pipeline.build_index` (child process ru_maxrss), tiny random "
+        print("peak RSS of `python -m pipeline.build_index` (child process VmHWM), tiny random "
               "384-d embedder, synthetic corpus; hardware: 2-core Xeon VM, no GPU, shared")
         for label, extra in variants:
             rows = []

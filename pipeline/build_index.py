@@ -42,9 +42,10 @@ examples:
       --text-column opening_text --out index/enwiki-leads
 
   # all of English Wikipedia in a 4 GB index (OPQ+IVF+PQ), resumable: rerun the same
-  # command after a crash and it continues after the last finished shard
+  # command after a crash and it continues after the last finished shard; its BM25
+  # spills sorted runs of 1 GB to disk
   python -m pipeline.build_index --corpus enwiki-latest-pages-articles.xml.bz2 \\
-      --max-index-memory 4G --no-bm25 --out index/enwiki
+      --max-index-memory 4G --bm25-memory 1G --out index/enwiki
 
   # the same on a Ray cluster (pip install '.[distributed]'; --out on a shared filesystem)
   python -m pipeline.build_index --corpus enwiki.parquet --engine ray --ray-address auto \\
