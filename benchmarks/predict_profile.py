@@ -18,6 +18,13 @@ compared with torch on the same run's questions: same top-3 (ordered), MAP@3 dif
         --index index/demo --reader runs/readers/minilm --reader runs/readers/mpnet \\
         --backends torch onnx openvino --rounds 2 --json reports/predict_profile.json
 
+A backend may name the embedder's backend too, ``READER:EMBED`` (``openvino:openvino``:
+the reader and the query/stacker/zero-shot embeddings on OpenVINO; ``predict
+--embed-backend``); the zero-shot baseline then also runs with each such EMBED. Every
+variant is compared with its torch:torch twin. ``--questions`` can be any labelled CSV:
+for a 4,000-question run take 4,000 distinct questions (repeated ones would be embedded
+once: :meth:`Embedder.encode` drops duplicate texts).
+
 ``--untrained minilm mpnet`` first saves those backbones with the multiple-choice head
 ``pipeline.train`` starts from (seeded, untrained: for speed and backend agreement only)
 under ``runs/profile-readers/`` and adds them as readers.
@@ -111,7 +118,8 @@ def instrument(timer: StageTimer) -> None:
 
 
 def run_once(questions: str, index: str, reader: str | None, backend: str, work: Path,
-             max_length: int | None = None, focus: str | None = None) -> dict:
+             max_length: int | None = None, focus: str | None = None,
+             embed_backend: str = "torch") -> dict:
     """One instrumented predict: stage seconds, texts embedded, rankings, MAP@3."""
     from pipeline.answering import scoring
     from pipeline.answering.predictor import PredictConfig, predict
@@ -125,7 +133,7 @@ def run_once(questions: str, index: str, reader: str | None, backend: str, work:
         res = predict(PredictConfig(questions=questions, index=index, out=str(work / "sub.csv"),
                                     readers=[reader] if reader else [], device="cpu",
                                     overwrite=True, progress=False, reader_backend=backend,
-                                    max_length=max_length,
+                                    embed_backend=embed_backend, max_length=max_length,
                                     retrieval=RetrievalConfig(focus=focus) if focus else RetrievalConfig()))
         total = time.perf_counter() - t0
     finally:
@@ -181,17 +189,23 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     readers = list(args.reader) + [untrained_reader(m, REPO / "runs" / "profile-readers")
                                    for m in args.untrained]
-    variants = ([] if args.no_zero_shot else [("zero-shot", None, "torch")]) + \
-        [(f"{Path(r).name} {b}", r, b) for r in readers for b in args.backends]
+    specs = [(b.split(":") + ["torch"])[:2] for b in args.backends]  # READER[:EMBED]
+    label = lambda b, e: b if e == "torch" else f"{b}:{e}"  # noqa: E731
+    embeds = list(dict.fromkeys(e for _, e in specs if e != "torch"))
+    variants = ([] if args.no_zero_shot else
+                [("zero-shot", None, "torch", "torch")]
+                + [(f"zero-shot :{e}", None, "torch", e) for e in embeds]) + \
+        [(f"{Path(r).name} {label(b, e)}", r, b, e) for r in readers for b, e in specs]
     work = Path(tempfile.mkdtemp(prefix="predict_profile."))
     questions = subset(args.questions, args.n, work)
     rounds: dict[str, list[dict]] = defaultdict(list)
     for r in range(args.rounds):
-        for label, reader, backend in variants:
-            res = run_once(questions, args.index, reader, backend, work, args.max_length, args.focus)
+        for name, reader, backend, embed in variants:
+            res = run_once(questions, args.index, reader, backend, work, args.max_length, args.focus,
+                           embed)
             res["load_average"] = os.getloadavg()
-            rounds[label].append(res)
-            print(f"round {r + 1} {label}: {res['total']:.1f} s, reader "
+            rounds[name].append(res)
+            print(f"round {r + 1} {name}: {res['total']:.1f} s, reader "
                   f"{res['seconds'].get('reader', 0) + res['seconds'].get('reader: tokenise', 0):.1f} s, "
                   f"MAP@3 {res['map3']}, load average {res['load_average'][0]:.1f}", flush=True)
     best = {k: min(v, key=lambda x: x["total"]) for k, v in rounds.items()}
@@ -209,18 +223,19 @@ def main() -> int:
     print(markdown(rows, cols))
     print("\nbackends vs torch (same questions; ratios from the same round, best round):\n")
     comp = []
-    for label, reader, backend in variants:
-        base = f"{Path(reader).name} torch" if reader else None
-        if backend == "torch" or base not in best:
+    for name, reader, backend, embed in variants:
+        base = f"{Path(reader).name} torch" if reader else "zero-shot"
+        if name == base or base not in best:
             continue
-        b, t = best[label], best[base]
+        b, t = best[name], best[base]
         same = np.mean([x[:3] == y[:3] for x, y in zip(b["rankings"], t["rankings"])])
         reader_s = lambda x: x["seconds"].get("reader", 0) + x["seconds"].get("reader: tokenise", 0)  # noqa: E731
-        per_round = [reader_s(tr) / reader_s(br) for tr, br in zip(rounds[base], rounds[label])]
-        comp.append({"variant": label, "same top-3": f"{same:.1%}",
+        per_round = [reader_s(tr) / max(reader_s(br), 1e-9)
+                     for tr, br in zip(rounds[base], rounds[name])]
+        comp.append({"variant": name, "same top-3": f"{same:.1%}",
                      "MAP@3 - torch": f"{(b['map3'] or 0) - (t['map3'] or 0):+.4f}",
-                     "reader speed-up": f"{reader_s(t) / reader_s(b):.2f}x",
-                     "per round": ", ".join(f"{x:.2f}x" for x in per_round),
+                     "reader speed-up": f"{reader_s(t) / reader_s(b):.2f}x" if reader else "",
+                     "per round": ", ".join(f"{x:.2f}x" for x in per_round) if reader else "",
                      "predict speed-up": f"{t['total'] / b['total']:.2f}x",
                      "load avg": f"{b['load_average'][0]:.1f}"})
     if comp:

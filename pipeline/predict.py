@@ -15,6 +15,7 @@ from pipeline.cli import add_output_args, run, setup_logging
 from pipeline.errors import OpenbookError
 from pipeline.retrieval.focus import FOCUS_MODES
 from pipeline.readers.cascade import COMBINE
+from pipeline.index.embedding import BACKENDS as EMBED_BACKENDS
 from pipeline.readers.backends import BACKENDS
 from pipeline.readers.kinds import KINDS
 from pipeline.readers.llm import PER_OPTION, SCORINGS
@@ -114,6 +115,11 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                         "openvino (bf16 on CPUs with AMX/AVX512-BF16; openvino-fp32: fp32 "
                         "everywhere); -int8 variants are faster "
                         "but move the scores (see docs/throughput.md) (default: %(default)s)")
+    m.add_argument("--embed-backend", choices=EMBED_BACKENDS, default="torch",
+                   help="what runs the index's embedder for the query, stacker and zero-shot "
+                        "embeddings on the CPU: torch, or its export run by onnx (fp32) or "
+                        "openvino (bf16 on CPUs with AMX/AVX512-BF16: faster, the scores move "
+                        "slightly; see docs/throughput.md) (default: %(default)s)")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
     m.add_argument("--batch-size", type=int, default=None,
@@ -176,6 +182,7 @@ def reader_settings(args: argparse.Namespace) -> dict:
            "offload_folder": args.offload_folder, "load_in_4bit": args.load_in_4bit,
            "load_in_8bit": args.load_in_8bit}
     return {"reader_kind": args.reader_kind, "reader_backend": args.reader_backend,
+            "embed_backend": args.embed_backend,
             "llm": {k: v for k, v in llm.items() if v is not None},
             "cascade": args.cascade, "cascade_fraction": args.cascade_fraction,
             "cascade_margin": args.cascade_margin, "cascade_combine": args.cascade_combine}

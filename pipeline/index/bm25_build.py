@@ -10,21 +10,24 @@ This module writes **the same files** (``data/indices/indptr.csc.index.npy``,
 ``memory_mb`` plus the vocabulary:
 
 1. **Runs.** The passage table is streamed and tokenised (the caller's
-   ``bm25s`` tokenizer); (term, passage) keys are gathered until a run holds
-   ``memory_mb / 32`` tokens, then counted (``np.unique``: term frequency per
-   pair, sorted by term then passage) and spilled to ``runs/run-NNNNN.npy`` as
-   int32 rows ``(term, passage, tf, passage length)``. Per-term document
-   frequency, the token count and the passage count are kept as we go.
+   ``bm25s`` tokenizer); (term, passage) pairs are gathered in two int32 arrays
+   until a run holds ``memory_mb / 48`` tokens, then counted (``np.unique``:
+   term frequency per pair, sorted by term then passage) and spilled to
+   ``runs/run-NNNNN.npy`` as int32 rows ``(term, passage, tf, passage
+   length)``. Per-term document frequency, the token count and the passage
+   count are kept as we go.
 2. **Global statistics.** With every run written, document frequencies give
    the IDF (bm25s's own per-term functions) and the CSC column pointers
-   (``indptr``); the token count gives the average passage length.
-3. **Columns by ranges.** Terms are cut into consecutive ranges holding at most
-   ``memory_mb / 32`` pairs. For each range, each run's slice for it (runs are
-   term-sorted, so one contiguous slice found by binary search on the
-   memory-mapped run) is scored with bm25s's term-frequency function and
-   scattered into the range's buffer after the pairs of earlier runs (runs are
-   in passage order, so each column's passages stay ascending, as bm25s has
-   them); the buffer is then appended to the two output arrays.
+   (``indptr``); the token count gives the average passage length. The
+   tokenizer's word dicts are dropped; only the vocabulary stays.
+3. **Columns by ranges.** Terms are cut into consecutive ranges whose buffer
+   (8 B a pair) takes half of ``memory_mb``. For each range, each run's slice
+   for it (runs are term-sorted: one contiguous slice, found by binary search)
+   is read in blocks that the other half bounds, scored with bm25s's
+   term-frequency function and scattered into the buffer after the pairs of
+   earlier runs (runs are in passage order, so each column's passages stay
+   ascending, as bm25s has them); the buffer is then appended to the two
+   output arrays.
 
 What stays in memory whatever the corpus size: the vocabulary (the tokenizer's
 dicts) and 8 B a term for document frequencies and pointers. Temporary disk:
@@ -47,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -58,9 +62,14 @@ from pipeline.index.chunking import with_title
 
 log = logging.getLogger(__name__)
 
-#: Bytes a run token costs while a run is counted (int64 key, its sorted copy, counts),
-#: and bytes a pair costs in a range buffer plus the run slice read for it.
-BYTES_PER_ITEM = 32
+#: Bytes a token costs while a run is gathered and counted (two int32 lists, an int64 key,
+#: its sorted copy, np.unique's flags and counts, the int32 rows written).
+BYTES_PER_RUN_TOKEN = 48
+#: Bytes a pair costs in a column range's buffer (float32 score, int32 passage) ...
+BYTES_PER_RANGE_PAIR = 8
+#: ... and while a block of a run's slice is scored (its rows, int64 terms and positions,
+#: float64 intermediates of bm25s's formula).
+BYTES_PER_BLOCK_PAIR = 96
 NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
 FILES = {"data": "data.csc.index.npy", "indices": "indices.csc.index.npy",
          "indptr": "indptr.csc.index.npy", "vocab": "vocab.index.json",
@@ -90,39 +99,41 @@ def passage_texts(parquet: Path, batch_rows: int = 2048) -> Iterator[list[str]]:
 
 
 class _RunWriter:
-    """Gathers (term, passage) keys; spills each full run counted and sorted by term."""
+    """Gathers (term, passage) pairs; spills each full run counted and sorted by term."""
 
     def __init__(self, folder: Path, run_tokens: int):
         self.folder, self.run_tokens = folder, max(int(run_tokens), 1)
         folder.mkdir(parents=True, exist_ok=True)
-        self.keys: list[np.ndarray] = []
-        self.lengths: list[int] = []  # passage lengths of the open run
-        self.first_doc = self.n_docs = self.n_tokens = self.pending = 0
+        self.terms, self.docs = array("i"), array("i")  # 4 B a token each, no per-passage objects
+        self.lengths = array("i")  # passage lengths of the open run
+        self.first_doc = self.n_docs = self.n_tokens = 0
         self.df = np.zeros(1024, dtype=np.int64)
         self.paths: list[Path] = []
 
     def add(self, ids: list[int]) -> None:
-        doc = self.n_docs
-        terms = np.asarray(ids, dtype=np.int64)
-        self.keys.append((terms << 32) | (doc - self.first_doc))
+        self.terms.extend(ids)
+        self.docs.extend([self.n_docs - self.first_doc] * len(ids))
         self.lengths.append(len(ids))
         self.n_docs += 1
         self.n_tokens += len(ids)
-        self.pending += len(ids)
-        if self.pending >= self.run_tokens:
+        if len(self.terms) >= self.run_tokens:
             self.spill()
 
     def spill(self) -> None:
         if not self.lengths:
             return
-        keys, tf = np.unique(np.concatenate(self.keys), return_counts=True)
-        self.keys = []
+        keys = np.frombuffer(self.terms, dtype=np.int32).astype(np.int64) << 32
+        keys |= np.frombuffer(self.docs, dtype=np.int32)
+        self.terms, self.docs = array("i"), array("i")
+        keys, tf = np.unique(keys, return_counts=True)
         rows = np.empty((len(keys), 4), dtype=np.int32)
         rows[:, 0] = keys >> 32
         local = (keys & 0xFFFFFFFF).astype(np.int64)
+        del keys
         rows[:, 1] = local + self.first_doc
         rows[:, 2] = tf
-        rows[:, 3] = np.asarray(self.lengths, dtype=np.int32)[local]
+        rows[:, 3] = np.frombuffer(self.lengths, dtype=np.int32)[local]
+        del local, tf
         top = int(rows[-1, 0]) + 1
         if top > len(self.df):
             self.df = np.concatenate([self.df, np.zeros(max(top, 2 * len(self.df)) - len(self.df),
@@ -131,7 +142,7 @@ class _RunWriter:
         path = self.folder / f"run-{len(self.paths):05d}.npy"
         np.save(path, rows)
         self.paths.append(path)
-        self.first_doc, self.lengths, self.pending = self.n_docs, [], 0
+        self.first_doc, self.lengths = self.n_docs, array("i")
 
 
 def _idf64(df: np.ndarray, n_docs: int, method: str) -> np.ndarray:
@@ -191,8 +202,10 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
 
     out.mkdir(parents=True, exist_ok=True)
     tok = tokenizer.bm25s_tokenizer()
-    cap = max(int(memory_mb * 2**20 / BYTES_PER_ITEM), 1)
-    runs = _RunWriter(out / "runs", cap)
+    budget = memory_mb * 2**20
+    runs = _RunWriter(out / "runs", budget / BYTES_PER_RUN_TOKEN)
+    cap = max(int(budget / 2 / BYTES_PER_RANGE_PAIR), 1)  # half for the range buffer,
+    block = max(int(budget / 2 / BYTES_PER_BLOCK_PAIR), 1)  # half for scoring a block
     try:
         bar = tqdm(desc="bm25 tokenise", unit="passage", disable=not progress, dynamic_ncols=True)
         for batch in (texts if texts is not None else passage_texts(parquet)):
@@ -202,6 +215,7 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
         bar.close()
         runs.spill()
         vocab = tok.get_vocab_dict()
+        del tok  # its word -> stem / word -> id dicts are not needed any more
         n_docs, n_vocab = runs.n_docs, len(vocab)
         df = np.zeros(n_vocab, dtype=np.int64)
         df[:min(len(runs.df), n_vocab)] = runs.df[:n_vocab]
@@ -217,7 +231,7 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
         log.info("bm25: %d passages, %d tokens, vocabulary %d, %d pairs; %d run(s), %d column "
                  "range(s) of <= %d pairs", n_docs, runs.n_tokens, n_vocab, nnz, len(runs.paths),
                  len(ranges), cap)
-        _write_columns(out, runs.paths, ranges, indptr, idf, nonocc, avg, k1=k1, b=b,
+        _write_columns(out, runs.paths, ranges, block, indptr, idf, nonocc, avg, k1=k1, b=b,
                        delta=delta, method=method, dtype=dtype, int_dtype=int_dtype,
                        progress=progress)
     finally:
@@ -234,7 +248,7 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
                       runs=len(runs.paths), ranges=len(ranges))
 
 
-def _write_columns(out: Path, run_paths: list[Path], ranges: list[tuple[int, int]],
+def _write_columns(out: Path, run_paths: list[Path], ranges: list[tuple[int, int]], block: int,
                    indptr: np.ndarray, idf: np.ndarray, nonocc: np.ndarray | None, avg: np.float64,
                    *, k1: float, b: float, delta: float, method: str, dtype: str, int_dtype: str,
                    progress: bool) -> None:
@@ -253,27 +267,50 @@ def _write_columns(out: Path, run_paths: list[Path], ranges: list[tuple[int, int
             docs = np.empty(size, dtype=int_dtype)
             cursor = indptr[lo:hi] - base  # next free slot of each column in the buffer
             for path in run_paths:
-                run = np.load(path, mmap_mode="r")
-                a, z = np.searchsorted(run[:, 0], [lo, hi], side="left")
-                if a == z:
-                    continue
-                part = np.array(run[a:z])
-                del run
-                terms = part[:, 0].astype(np.int64)
-                starts = np.flatnonzero(np.diff(terms, prepend=-1))
-                counts = np.diff(np.append(starts, len(terms)))
-                cols = terms[starts] - lo
-                pos = np.repeat(cursor[cols] - starts, counts) + np.arange(len(terms))
-                cursor[cols] += counts
-                # bm25s's arithmetic: float32 tf, int length, float64 average, float32 idf
-                score = idf[terms] * tfc_of(tf_array=part[:, 2].astype(dtype), l_d=part[:, 3],
-                                            l_avg=avg, k1=k1, b=b, delta=delta)
-                if nonocc is not None:
-                    score -= nonocc[terms]
-                data[pos] = score
-                docs[pos] = part[:, 1]
+                for part in _run_slice(path, lo, hi, block):
+                    _scatter(part, lo, cursor, data, docs, idf, nonocc, tfc_of, avg, k1=k1, b=b,
+                             delta=delta, dtype=dtype)
             if not np.array_equal(cursor, indptr[lo + 1:hi + 1] - base):
                 raise RuntimeError(f"bm25: the runs do not fill terms {lo}..{hi} "
                                    "(a run file changed during the build)")
-            fd.write(data.tobytes())
-            fi.write(docs.tobytes())
+            fd.write(data)  # buffer protocol: no copy
+            fi.write(docs)
+
+
+def _run_slice(path: Path, lo: int, hi: int, block: int) -> Iterator[np.ndarray]:
+    """The rows of run ``path`` for terms ``[lo, hi)``, ``block`` rows at a time.
+
+    The binary search reads a few pages through a memory map; the rows are read into
+    ordinary memory (so the peak is one block, not the mapped pages of a whole slice).
+    """
+    run = np.load(path, mmap_mode="r")
+    a, z = (int(x) for x in np.searchsorted(run[:, 0], [lo, hi], side="left"))
+    offset, row_bytes = run.offset, run.strides[0]
+    del run
+    for start in range(a, z, block):
+        n = min(block, z - start)
+        yield np.fromfile(path, dtype=np.int32, count=4 * n,
+                          offset=offset + start * row_bytes).reshape(n, 4)
+
+
+def _scatter(part: np.ndarray, lo: int, cursor: np.ndarray, data: np.ndarray, docs: np.ndarray,
+             idf: np.ndarray, nonocc: np.ndarray | None, tfc_of, avg: np.float64, *, k1: float,
+             b: float, delta: float, dtype: str) -> None:
+    """Score a block of run rows ``(term, passage, tf, length)`` into the range buffers.
+
+    Each row goes to its column's next free slot (``cursor``, advanced); blocks come in
+    run order and, within a run, in (term, passage) order, so columns fill in passage order.
+    """
+    terms = part[:, 0].astype(np.int64)
+    starts = np.flatnonzero(np.diff(terms, prepend=-1))
+    counts = np.diff(np.append(starts, len(terms)))
+    cols = terms[starts] - lo
+    pos = np.repeat(cursor[cols] - starts, counts) + np.arange(len(terms))
+    cursor[cols] += counts
+    # bm25s's arithmetic: float32 tf, int length, float64 average, float32 idf
+    score = idf[terms] * tfc_of(tf_array=part[:, 2].astype(dtype), l_d=part[:, 3], l_avg=avg,
+                                k1=k1, b=b, delta=delta)
+    if nonocc is not None:
+        score -= nonocc[terms]
+    data[pos] = score
+    docs[pos] = part[:, 1]

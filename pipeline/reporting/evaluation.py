@@ -83,6 +83,7 @@ class EvaluateConfig:
     verify_index: str = "size"
     reader_kind: str = "auto"
     reader_backend: str = "torch"
+    embed_backend: str = "torch"
     llm: dict = field(default_factory=dict)
     cascade: list[str] = field(default_factory=list)
     cascade_fraction: float | None = None
@@ -106,6 +107,7 @@ class EvaluateConfig:
                              device=self.device, progress=self.progress,
                              verify_index=self.verify_index, reader_kind=self.reader_kind,
                              reader_backend=self.reader_backend,
+                             embed_backend=self.embed_backend,
                              llm=dict(self.llm), cascade=list(self.cascade),
                              cascade_fraction=self.cascade_fraction,
                              cascade_margin=self.cascade_margin,
@@ -278,7 +280,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 
     pcfg = cfg.predict_config()
     indexes = IndexSet.open(pcfg.indexes, embedder=cfg.embedder, device=cfg.device,
-                            verify=cfg.verify_index)
+                            verify=cfg.verify_index, backend=cfg.embed_backend)
     retrieval = indexes.resolved(reader_retrieval(pcfg))
     embedder = indexes.embedder
     steps = context_steps(retrieval.top_k, cfg.max_contexts)

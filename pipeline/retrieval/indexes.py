@@ -109,22 +109,25 @@ class IndexSet:
     """One or more opened indexes (see the module docstring); ``embedder`` is the first's."""
 
     def __init__(self, entries: Sequence[IndexEntry], *, embedder: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, backend: str = "torch"):
         if not entries:
             raise OpenbookError("give at least one --index DIR")
         self.entries = list(entries)
         self.requested = embedder  # --embedder: where the model of the indexes it built is
         self.device = device
+        self.backend = backend  # --embed-backend
 
     @classmethod
     def open(cls, paths: str | Sequence[str], *, embedder: str | None = None,
              device: str | None = None, verify: str = "size",
-             stores: Sequence[IndexStore] | None = None) -> "IndexSet":
+             stores: Sequence[IndexStore] | None = None,
+             backend: str = "torch") -> "IndexSet":
         """Load each index (checked with ``verify``; or take the already loaded ``stores``).
         The embedders that built them are loaded on first use (:attr:`embedder`,
         :meth:`retrieve`), so a damaged index is refused before any model is read; indexes
         built by the same embedder share one model. ``embedder`` (``--embedder``) is where
-        that model is for the indexes it built; one that built none of them is refused."""
+        that model is for the indexes it built; one that built none of them is refused.
+        ``backend`` (``--embed-backend``) runs the embedders for queries."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         stores = list(stores) if stores is not None else [load_index(p, verify=verify)
                                                           for p in paths]
@@ -133,7 +136,7 @@ class IndexSet:
             open_embedder(stores[0], embedder, device)  # raises before loading: names the fix
         return cls([IndexEntry(name, str(path), store)
                     for name, path, store in zip(unique_names(paths), paths, stores)],
-                   embedder=embedder, device=device)
+                   embedder=embedder, device=device, backend=backend)
 
     def _load_embedders(self) -> None:
         """Open the embedder of every index (once; one model per embedder name)."""
@@ -145,7 +148,7 @@ class IndexSet:
             built = e.store.meta["embedder"]["name"]
             if built not in models:
                 models[built] = open_embedder(e.store, self.requested if built == wanted else None,
-                                              self.device)
+                                              self.device, self.backend)
             else:
                 check_same_embedder(e.store, models[built])
             e.embedder = models[built]

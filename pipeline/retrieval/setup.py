@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from pipeline.errors import IndexMismatchError
+from pipeline.errors import EmbedderError, IndexMismatchError
 from pipeline.index.embedding import Embedder, resolve_model
 from pipeline.index.store import IndexStore
 from pipeline.readers.record import ReaderError, load_reader_record
@@ -26,8 +26,13 @@ from pipeline.retrieval.retriever import RetrievalConfig
 log = logging.getLogger(__name__)
 
 
-def open_embedder(store: IndexStore, requested: str | None, device: str | None) -> Embedder:
-    """The embedder that built ``store``; refuse one that differs from it."""
+def open_embedder(store: IndexStore, requested: str | None, device: str | None,
+                  backend: str = "torch") -> Embedder:
+    """The embedder that built ``store``; refuse one that differs from it.
+
+    ``backend`` (``--embed-backend``) is what runs it for queries: torch, or on the CPU
+    an export run by ONNX Runtime or OpenVINO (:mod:`pipeline.index.export`).
+    """
     built = store.meta["embedder"]
     name = requested or built["name"]
     if requested is not None and resolve_model(requested)[0] != built["name"]:
@@ -39,13 +44,28 @@ def open_embedder(store: IndexStore, requested: str | None, device: str | None) 
             f"--index {store.path} holds vectors with normalize={built['normalize']} but predict "
             "searches with L2-normalised query vectors (normalize=True); rebuild the index with "
             "pipeline.build_index")
-    emb = Embedder(name, device=device)
+    emb = Embedder(name, device=device, backend=backend)
     if emb.dim != built["dim"] or emb.normalize != built["normalize"]:
         raise IndexMismatchError(
             f"embedder {emb.name} gives {emb.dim}-d vectors (normalize={emb.normalize}) but "
             f"--index {store.path} holds {built['dim']}-d (normalize={built['normalize']}); "
             "use the index's embedder or rebuild the index")
     return emb
+
+
+def check_embed_backend(backend: str, device: str | None) -> None:
+    """Refuse, in one line naming ``--embed-backend`` and the fix, what cannot run."""
+    from pipeline.index.embedding import BACKENDS
+    from pipeline.index.export import require
+
+    if backend not in BACKENDS:
+        raise EmbedderError(f"--embed-backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return
+    if device is not None and not str(device).startswith("cpu"):
+        raise EmbedderError(f"--embed-backend {backend} runs on the CPU only; pass --device cpu, "
+                            "or --embed-backend torch on the GPU")
+    require(backend, None, flags=f"--embed-backend {backend}")
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).
