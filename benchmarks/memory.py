@@ -40,17 +40,28 @@ from pathlib import Path
 
 from benchmarks.common import REPO
 
-CHILD = """
-import sys, runpy
-sys.argv = ["build_index"] + sys.argv[1:]
+#: The child's peak resident memory, printed last.
+PEAK = 'print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])'
+
+
+def module_child(module: str) -> str:
+    """Code that runs ``python -m module ARGS`` in this interpreter, then prints time and peak."""
+    return f"""
+import sys, runpy, time
+t = time.perf_counter()
+sys.argv = [{module!r}] + sys.argv[1:]
 try:
-    runpy.run_module("pipeline.build_index", run_name="__main__")
+    runpy.run_module({module!r}, run_name="__main__")
 except SystemExit as e:
     if e.code:
         raise
-print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
+print("SECONDS", time.perf_counter() - t)
+{PEAK}
 """
 
+
+CHILD = module_child("pipeline.build_index")
+STREAMING_BM25 = module_child("pipeline.bm25")
 
 IN_MEMORY_BM25 = """
 import sys, time
@@ -68,21 +79,7 @@ model = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
 model.index((docs, tok.get_vocab_dict()), create_empty_token=False, show_progress=False)
 model.save(out, show_progress=False)
 print("SECONDS", time.perf_counter() - t)
-print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
-"""
-
-STREAMING_BM25 = """
-import sys, runpy, time
-t = time.perf_counter()
-sys.argv = ["bm25"] + sys.argv[1:]
-try:
-    runpy.run_module("pipeline.bm25", run_name="__main__")
-except SystemExit as e:
-    if e.code:
-        raise
-print("SECONDS", time.perf_counter() - t)
-print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])
-"""
+""" + PEAK
 
 
 def child(code: str, *args: str) -> dict:
@@ -154,17 +151,13 @@ def corpus(path: Path, n: int) -> Path:
 
 
 def run(corpus_path: Path, model: Path, out: Path, extra: list[str]) -> tuple[float, float, int]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    """One ``build_index`` in a fresh child: (peak RSS MB, wall seconds, passages)."""
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", CHILD, "--corpus", str(corpus_path), "--out", str(out),
-                          "--embedder", str(model), "--chunk-size", "64", "--chunk-overlap", "16",
-                          "--no-progress", "--overwrite", *extra],
-                         cwd=REPO, env=env, capture_output=True, text=True)
-    if res.returncode:
-        sys.exit(f"build failed:\n{res.stderr[-3000:]}")
-    rss = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("MAXRSS_KB")][0]
+    res = child(CHILD, "--corpus", str(corpus_path), "--out", str(out), "--embedder", str(model),
+                "--chunk-size", "64", "--chunk-overlap", "16", "--no-progress", "--overwrite",
+                *extra)
     n = json.loads((out / "meta.json").read_text())["counts"]["passages"]
-    return rss / 1024, time.perf_counter() - t, n
+    return res["MAXRSS_KB"] / 1024, time.perf_counter() - t, n
 
 
 def main() -> int:

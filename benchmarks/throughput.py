@@ -109,6 +109,10 @@ def variants(args) -> dict:
               f"(export cached after the first run), batch {emb.batch_size}, "
               f"computes in {emb.describe()['dtype']}", flush=True)
         out[name] = (emb.encode, emb)
+        if backend == "torch":
+            for bs in args.torch_batches or []:  # where our torch path loses to naive, if it does
+                out[f"ours torch fp32, batch {bs}"] = (
+                    lambda t, _e=emb, _b=bs: _e.encode(t, batch_size=_b), emb)
     return out
 
 
@@ -127,6 +131,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     ap.add_argument("--embedder", default="minilm")
     ap.add_argument("--only", nargs="*", help="backends to run (torch onnx openvino); default all")
+    ap.add_argument("--torch-batches", type=int, nargs="*", metavar="N",
+                    help="also run our torch path with these batch sizes")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     setup_logging(False)
