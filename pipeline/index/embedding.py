@@ -108,11 +108,12 @@ QUANTIZE = ("none", "int8")
 
 
 def default_batch_size(device: str, backend: str = "torch") -> int:
-    """Texts per forward pass: 256 on a GPU (128 under 12 GB), 64 with torch on CPU, 32 with onnx/openvino.
+    """Texts per forward pass: 256 on a GPU (128 under 12 GB), 16 with torch on CPU, 32 with onnx/openvino.
 
-    Texts are sorted by length first, so batches are nearly padding-free and a
-    larger CPU batch buys nothing but memory; the onnx/openvino default comes from
-    ``python -m benchmarks.throughput`` (docs/throughput.md).
+    Texts are sorted by length first, so batches are nearly padding-free; on a CPU a
+    bigger torch batch is slower, not faster (its activations leave the caches: batch 64
+    was slower than sentence-transformers' default 32, batch 16 faster; ``python -m
+    benchmarks.throughput --torch-batches 16 32``, docs/throughput.md).
     """
     if device.startswith("cuda"):
         try:
@@ -123,7 +124,7 @@ def default_batch_size(device: str, backend: str = "torch") -> int:
             return 256 if mem >= 12 * 2**30 else 128
         except Exception:  # noqa: BLE001 - no torch.cuda detail: the safe default
             return 128
-    return 64 if backend == "torch" else 32
+    return 16 if backend == "torch" else 32
 
 
 @dataclass
