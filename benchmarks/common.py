@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import platform
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,17 @@ def cached_probabilities(cache: str | None, reader: str, questions_csv: str, con
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, p)
     return p
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the hardware line of a benchmark."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def markdown(rows: list[dict], cols: list[str]) -> str:

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, cpu_name
 
 #: The child's peak resident memory, printed last.
 PEAK = 'print("MAXRSS_KB", [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0])'
@@ -179,7 +179,8 @@ def main() -> int:
         if args.bm25:
             variants.append(("with bm25", ["--index-type", args.index_type]))
         print("peak RSS of `python -m pipeline.build_index` (child process VmHWM), tiny random "
-              "384-d embedder, synthetic corpus; hardware: 2-core Xeon VM, no GPU, shared")
+              f"384-d embedder, synthetic corpus; {cpu_name()}, {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f} at start")
         for label, extra in variants:
             rows = []
             for n in args.sizes:

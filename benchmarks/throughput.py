@@ -35,7 +35,6 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the embedding stack is imported
 
-from benchmarks.common import SHARED  # noqa: E402
+from benchmarks.common import SHARED, cpu_name  # noqa: E402
 from pipeline.cli import setup_logging  # noqa: E402
 from pipeline.corpus.stream import iter_documents  # noqa: E402
 from pipeline.index.chunking import ChunkConfig, Chunker  # noqa: E402
@@ -73,16 +72,6 @@ def queries(n: int, held_out: list[str]) -> tuple[list[str], str]:
 
         return pd.read_csv(QUESTIONS)["prompt"].astype(str).head(n).tolist(), str(QUESTIONS)
     return held_out[:n], "held-out demo passages"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def variants(args) -> dict:
