@@ -11,10 +11,8 @@ import sys
 from typing import Sequence
 
 from pipeline.cli import add_output_args, run, setup_logging
-from pipeline.errors import OpenbookError
-from pipeline.index.bm25 import (DEFAULT_MEMORY_MB, METHODS, STEMMERS, STOPWORD_LISTS,
-                                 Bm25Config, add_bm25)
-from pipeline.index.sizing import parse_size
+from pipeline.index.bm25 import (DEFAULT_MEMORY, METHODS, STEMMERS, STOPWORD_LISTS,
+                                 Bm25Config, add_bm25, parse_memory)
 
 EXAMPLES = """\
 examples:
@@ -45,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stopwords", choices=STOPWORD_LISTS, default=Bm25Config.stopwords,
                    help="en_plus = NLTK's 179 English stop words, en = Lucene's 33 "
                         "(default: %(default)s)")
-    p.add_argument("--memory", default=f"{DEFAULT_MEMORY_MB}M", metavar="SIZE",
+    p.add_argument("--memory", default=DEFAULT_MEMORY, metavar="SIZE",
                    help="working memory beyond the vocabulary: (term, passage) pairs are spilled "
                         "to disk in sorted runs of this size and the score matrix is written a "
                         "column range of this size at a time (default: %(default)s)")
@@ -58,10 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = Bm25Config(k1=args.k1, b=args.b, method=args.method, stemmer=args.stemmer,
                      stopwords=args.stopwords)
-    memory_mb = parse_size(args.memory, "--memory") / 2**20
-    if memory_mb < 1:
-        raise OpenbookError(f"--memory {args.memory}: give at least 1M (e.g. 512M)")
-    rec = add_bm25(args.index, cfg, memory_mb=memory_mb, progress=not args.no_progress)
+    rec = add_bm25(args.index, cfg, memory_mb=parse_memory(args.memory),
+                   progress=not args.no_progress)
     size = sum(f["bytes"] for f in rec["files"].values())
     sys.stdout.write(f"bm25 {args.index}: {rec['num_docs']} passages, vocabulary "
                      f"{rec['vocab_size']}, stemmer {rec['tokenizer']['stemmer']}, "

@@ -36,8 +36,8 @@ there, not in the top-level ``files``, so an index without BM25 is still complet
 Building streams ``passages.parquet`` a batch at a time and writes the score
 matrix by :func:`pipeline.index.bm25_build.build_streaming`: sorted runs of
 (term, passage) pairs spilled to disk, then the CSC columns written a term
-range at a time, so memory stays within ``memory_mb`` (``--memory-mb``,
-default 1 GB) plus the vocabulary, whatever the corpus size; the files are
+range at a time, so memory stays within ``--memory`` (``build_index
+--bm25-memory``, default 1G) plus the vocabulary, whatever the corpus size; the files are
 byte-for-byte those ``bm25s.BM25.index`` + ``save`` write. At query time the
 three CSC arrays are memory-mapped; the vocabulary (a dict) is read into RAM.
 
@@ -83,8 +83,8 @@ TOKENIZER_FILE = "tokenizer.json"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 STEMMERS = ("auto", "english", "none")
 STOPWORD_LISTS = ("en_plus", "en", "none")
-#: Working memory of a BM25 build beyond the vocabulary (runs and column ranges), MB.
-DEFAULT_MEMORY_MB = 1024
+#: Working memory of a BM25 build beyond the vocabulary (runs and column ranges).
+DEFAULT_MEMORY = "1G"
 
 #: Numbers with thousands commas or decimal points first (so "3.14" stays one
 #: term), then runs of letters/digits ("h2o", "1905"); "_" is a separator.
@@ -229,6 +229,17 @@ class Bm25Config:
             raise OpenbookError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
 
 
+def parse_memory(size: str, flag: str = "--memory") -> float:
+    """A BM25 build's working memory (``--memory`` / ``--bm25-memory``, e.g. ``"512M"``) in MB;
+    one line naming ``flag`` if it is not a size or under 1M."""
+    from pipeline.index.sizing import parse_size
+
+    mb = parse_size(size, flag) / 2**20
+    if mb < 1:
+        raise OpenbookError(f"{flag} {size}: give at least 1M (e.g. 512M)")
+    return mb
+
+
 def has_bm25(meta: dict) -> bool:
     """Whether an index's ``meta.json`` records a finished BM25 index."""
     return isinstance(meta.get("bm25"), dict) and bool(meta["bm25"].get("files"))
@@ -240,7 +251,7 @@ def _file_records(index_dir: Path, folder: Path) -> dict:
 
 
 def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
-             memory_mb: float = DEFAULT_MEMORY_MB, progress: bool = True) -> dict:
+             memory_mb: float | None = None, progress: bool = True) -> dict:
     """Build (or rebuild) the BM25 index of a finished index directory.
 
     Returns the ``meta.json["bm25"]`` record. The old ``bm25/`` (if any)
@@ -248,11 +259,13 @@ def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
     (``.NAME.lock``), so two builds never write the same directory; a caller
     in this process that already holds it (``build_index``) keeps it.
     ``memory_mb`` bounds the build's working memory beyond the vocabulary
-    (:mod:`pipeline.index.bm25_build`); it changes how, not what, is built.
+    (:mod:`pipeline.index.bm25_build`; default :data:`DEFAULT_MEMORY`); it changes how,
+    not what, is built.
     """
     from pipeline.index.lock import BuildLock
 
     index = Path(index)
+    memory_mb = memory_mb if memory_mb is not None else parse_memory(DEFAULT_MEMORY)
     lock = BuildLock(index)  # one builder per index directory (build_index or this)
     if lock.held_by_this_process():
         return _add_bm25(index, config, memory_mb=memory_mb, progress=progress)
@@ -274,11 +287,11 @@ def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bo
     partial = index / f".{BM25_DIR}.partial"
     if partial.exists():
         shutil.rmtree(partial)
+    n = meta["counts"]["passages"]
     try:
         stats = build_streaming(index / PASSAGES_FILE, partial, tokenizer, k1=config.k1,
                                 b=config.b, method=config.method, memory_mb=memory_mb,
-                                progress=progress)
-        n = meta["counts"]["passages"]
+                                total=n, progress=progress)
         if stats.num_docs != n:
             raise IndexMismatchError(f"--index {index}: passages.parquet has {stats.num_docs} rows "
                                      f"but meta.json says {n}; rebuild the index")
@@ -291,7 +304,7 @@ def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bo
             | {"n_stopwords": len(tokenizer.stopwords)},
             "vocab_size": stats.vocab_size,
             "num_docs": n,
-            "avg_terms_per_passage": round(stats.n_tokens / max(n, 1), 2),
+            "avg_terms_per_passage": round((stats.n_tokens - stats.n_empty) / max(n, 1), 2),
             "nnz": stats.nnz,
             "build": {"memory_mb": memory_mb, "runs": stats.runs, "column_ranges": stats.ranges},
             "files": _file_records(index, partial),

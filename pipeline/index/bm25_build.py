@@ -82,7 +82,8 @@ class BuildStats:
     """What a streaming build counted: passages, tokens, vocabulary, (term, passage) pairs, runs."""
 
     num_docs: int
-    n_tokens: int
+    n_tokens: int  # bm25s's passage lengths summed: an empty passage counts its "" term
+    n_empty: int  # passages with no term but that placeholder
     vocab_size: int
     nnz: int
     runs: int
@@ -107,7 +108,7 @@ class _RunWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self.terms, self.docs = array("i"), array("i")  # 4 B a token each, no per-passage objects
         self.lengths = array("i")  # passage lengths of the open run
-        self.first_doc = self.n_docs = self.n_tokens = 0
+        self.first_doc = self.n_docs = self.n_tokens = self.n_empty = 0
         self.df = np.zeros(1024, dtype=np.int64)
         self.paths: list[Path] = []
 
@@ -117,6 +118,7 @@ class _RunWriter:
         self.lengths.append(len(ids))
         self.n_docs += 1
         self.n_tokens += len(ids)
+        self.n_empty += ids == [0]  # "" (id 0) stands in for an empty passage
         if len(self.terms) >= self.run_tokens:
             self.spill()
 
@@ -189,7 +191,7 @@ def _npy_writer(path: Path, dtype, n: int):
 def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float, method: str,
                     memory_mb: float, delta: float = 0.5, dtype: str = "float32",
                     int_dtype: str = "int32", texts: Iterable[list[str]] | None = None,
-                    progress: bool = True) -> BuildStats:
+                    total: int | None = None, progress: bool = True) -> BuildStats:
     """Write bm25s's index files for the passages of ``parquet`` into ``out`` (created).
 
     Args:
@@ -197,6 +199,7 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
         k1, b, method, delta: bm25s's scoring parameters (``delta`` for BM25L/BM25+).
         memory_mb: the size of a run and of a column range (see the module doc).
         texts: batches of passage texts to index instead of reading ``parquet`` (tests).
+        total: the number of passages, for the progress bar.
     """
     import bm25s
     from bm25s.utils import json_functions
@@ -208,7 +211,8 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
     cap = max(int(budget / 2 / BYTES_PER_RANGE_PAIR), 1)  # half for the range buffer,
     block = max(int(budget / 2 / BYTES_PER_BLOCK_PAIR), 1)  # half for scoring a block
     try:
-        bar = tqdm(desc="bm25 tokenise", unit="passage", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=total, desc="bm25 tokenise", unit="passage", disable=not progress,
+                   dynamic_ncols=True)
         for batch in (texts if texts is not None else passage_texts(parquet)):
             for ids in tok.streaming_tokenize(batch, update_vocab=True, allow_empty=True):
                 runs.add(ids)
@@ -248,7 +252,8 @@ def build_streaming(parquet: Path, out: Path, tokenizer, *, k1: float, b: float,
     params = dict(k1=k1, b=b, delta=delta, method=method, idf_method=method, dtype=dtype,
                   int_dtype=int_dtype, num_docs=n_docs, version=bm25s.__version__, backend="numpy")
     (out / FILES["params"]).write_text(json.dumps(params, indent=4), encoding="utf-8")
-    return BuildStats(num_docs=n_docs, n_tokens=runs.n_tokens, vocab_size=n_vocab, nnz=nnz,
+    return BuildStats(num_docs=n_docs, n_tokens=runs.n_tokens, n_empty=runs.n_empty,
+                      vocab_size=n_vocab, nnz=nnz,
                       runs=len(runs.paths), ranges=len(ranges))
 
 

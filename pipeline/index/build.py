@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipeline.index.bm25 import DEFAULT_MEMORY as BM25_MEMORY, add_bm25, parse_memory
 from pipeline.index.chunking import ChunkConfig, Chunker
 from pipeline.corpus.documents import CorpusStats
 from pipeline.corpus.files import corpus_files, is_sharded, sharded_identity
@@ -99,7 +100,7 @@ class BuildConfig:
     overwrite: bool = False
     keep_vectors: bool = False
     bm25: bool = True  # also build DIR/bm25/ (pipeline.index.bm25) after the FAISS index
-    bm25_memory: str = "1G"  # the BM25 build's working memory beyond its vocabulary
+    bm25_memory: str = BM25_MEMORY  # the BM25 build's working memory beyond its vocabulary
     progress: bool = True
 
     @property
@@ -155,13 +156,6 @@ def pick_index(cfg: BuildConfig, n: int, dim: int):
     return with_refine(spec, cfg.refine)
 
 
-def _bm25_memory_mb(cfg: BuildConfig) -> float:
-    mb = parse_size(cfg.bm25_memory, "--bm25-memory") / 2**20
-    if mb < 1:
-        raise OpenbookError(f"--bm25-memory {cfg.bm25_memory}: give at least 1M (e.g. 512M)")
-    return mb
-
-
 def build_index(cfg: BuildConfig) -> dict:
     """Build the index described by ``cfg``; return its ``meta.json`` contents."""
     if cfg.format != "demo" and cfg.corpus is None:
@@ -175,7 +169,7 @@ def build_index(cfg: BuildConfig) -> dict:
     if cfg.max_index_memory:
         parse_size(cfg.max_index_memory)  # a bad size fails before any work
     if cfg.bm25:
-        _bm25_memory_mb(cfg)
+        parse_memory(cfg.bm25_memory, "--bm25-memory")
     check_output_dir(Path(cfg.out), cfg.overwrite)  # fail before loading any model
     t0 = time.perf_counter()
     stats = CorpusStats()
@@ -297,10 +291,9 @@ def _build(cfg: BuildConfig, docs, stats: CorpusStats, lock: BuildLock, t0: floa
     except OSError as e:  # the index is published and whole; only the timings are lost
         log.warning("could not record the build timings in %s (%s)", cfg.out, e.strerror)
     if cfg.bm25:  # a separate stage: it reads the published passages.parquet
-        from pipeline.index.bm25 import add_bm25
-
         try:
-            meta["bm25"] = add_bm25(cfg.out, memory_mb=_bm25_memory_mb(cfg), progress=cfg.progress)
+            meta["bm25"] = add_bm25(cfg.out, progress=cfg.progress,
+                                    memory_mb=parse_memory(cfg.bm25_memory, "--bm25-memory"))
         except BaseException as e:
             log.error("the dense index %s is complete, but its BM25 failed; add it later with "
                       "`python -m pipeline.bm25 --index %s`", cfg.out, cfg.out)

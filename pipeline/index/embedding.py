@@ -127,6 +127,25 @@ def default_batch_size(device: str, backend: str = "torch") -> int:
     return 16 if backend == "torch" else 32
 
 
+def check_backend(backend: str, quantize: str | None, device: str,
+                  flag: str = "--backend") -> None:
+    """Refuse, in one line naming ``flag`` and the fix, a backend that cannot run here:
+    an unknown name, int8 on torch, onnx/openvino off the CPU, or a missing extra."""
+    if backend not in BACKENDS:
+        raise EmbedderError(f"{flag} {backend!r} is not one of {', '.join(BACKENDS)}")
+    if quantize not in (None, "int8"):
+        raise EmbedderError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE)}")
+    if backend == "torch":
+        if quantize:
+            raise EmbedderError(f"--quantize int8 needs {flag} onnx or {flag} openvino "
+                                "(the torch backend runs fp32 on CPU, fp16 on GPU)")
+        return
+    if not device.startswith("cpu"):
+        raise EmbedderError(f"{flag} {backend} runs on the CPU only; use --device cpu, "
+                            f"or {flag} torch on the GPU (fp16 there)")
+    require(backend, quantize, flags=f"{flag} {backend}" + (" --quantize int8" if quantize else ""))
+
+
 @dataclass
 class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 vectors.
@@ -197,19 +216,7 @@ class Embedder:
                  f" {self.quantize}" if self.quantize else "")
 
     def _check_backend(self) -> None:
-        if self.backend not in BACKENDS:
-            raise EmbedderError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.quantize not in (None, "int8"):
-            raise EmbedderError(f"--quantize {self.quantize!r} is not one of {', '.join(QUANTIZE)}")
-        if self.backend == "torch":
-            if self.quantize:
-                raise EmbedderError("--quantize int8 needs --backend onnx or --backend openvino "
-                                    "(the torch backend runs fp32 on CPU, fp16 on GPU)")
-            return
-        if not self.device.startswith("cpu"):
-            raise EmbedderError(f"--backend {self.backend} runs on the CPU only; use --device cpu, "
-                                "or --backend torch on the GPU (fp16 there)")
-        require(self.backend, self.quantize)
+        check_backend(self.backend, self.quantize, self.device)
 
     @property
     def tokenizer(self):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from pipeline.errors import EmbedderError, IndexMismatchError
+from pipeline.errors import IndexMismatchError
 from pipeline.index.embedding import Embedder, resolve_model
 from pipeline.index.store import IndexStore
 from pipeline.readers.record import ReaderError, load_reader_record
@@ -54,18 +54,14 @@ def open_embedder(store: IndexStore, requested: str | None, device: str | None,
 
 
 def check_embed_backend(backend: str, device: str | None) -> None:
-    """Refuse, in one line naming ``--embed-backend`` and the fix, what cannot run."""
-    from pipeline.index.embedding import BACKENDS
-    from pipeline.index.export import require
+    """Refuse, in one line naming ``--embed-backend`` and the fix, what cannot run
+    (:func:`pipeline.index.embedding.check_backend` on the device the run will use)."""
+    from pipeline.device import pick_device
+    from pipeline.index.embedding import check_backend
 
-    if backend not in BACKENDS:
-        raise EmbedderError(f"--embed-backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "torch":
-        return
-    if device is not None and not str(device).startswith("cpu"):
-        raise EmbedderError(f"--embed-backend {backend} runs on the CPU only; pass --device cpu, "
-                            "or --embed-backend torch on the GPU")
-    require(backend, None, flags=f"--embed-backend {backend}")
+        return  # any device; pick_device would import torch for nothing
+    check_backend(backend, None, pick_device(device), flag="--embed-backend")
 
 
 #: Retrieval settings a trained reader's openbook_reader.json supplies (saved by pipeline.train).

@@ -56,6 +56,7 @@ def test_streaming_files_equal_bm25s_in_memory(tmp_path, method):
                             memory_mb=0.004, texts=[texts[i:i + 50] for i in range(0, 600, 50)],
                             progress=False)
     assert stats.runs > 5 and stats.ranges > 5 and stats.num_docs == 600  # really out of core
+    assert stats.n_empty == sum(not t for t in tok.terms(texts)) > 0
     ref = sorted(p.name for p in (tmp_path / "ref").iterdir())
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ref  # runs/ removed
     for name in ref:
