@@ -8,7 +8,7 @@ timers around its stages (self time: a stage's time excludes the stages it calls
     focus (+ its embedding)                      reader (+ reader: tokenise), zero-shot scorer
     stacker (+ its embedding)                    writing, other (the rest of predict)
 
-It also counts the texts each stage embeds, per question (query embeddings, focus
+It also counts the texts each stage embeds (not those looked up), per question (query embeddings, focus
 sentences and stacker features should each be computed once per question). Variants run
 alternating, ``--rounds`` times (the machine is shared: compare within a round); the best
 round of each counts, the first round includes any one-off ONNX export. Backends are
@@ -20,8 +20,10 @@ compared with torch on the same run's questions: same top-3 (ordered), MAP@3 dif
 
 A backend may name the embedder's backend too, ``READER:EMBED`` (``openvino:openvino``:
 the reader and the query/stacker/zero-shot embeddings on OpenVINO; ``predict
---embed-backend``); the zero-shot baseline then also runs with each such EMBED. Every
-variant is compared with its torch:torch twin. ``--questions`` can be any labelled CSV:
+--embed-backend``), and ``READER:EMBED:sv`` looks the context sentences up in the index's
+sentence vectors (``pipeline.sentence_vectors``; without ``:sv`` a variant runs
+``--no-sentence-vectors``); the zero-shot baseline then also runs with each such EMBED.
+Every variant is compared with its torch:torch twin (no sentence vectors). ``--questions`` can be any labelled CSV:
 for a 4,000-question run take 4,000 distinct questions (repeated ones would be embedded
 once: :meth:`Embedder.encode` drops duplicate texts).
 
@@ -62,7 +64,10 @@ class StageTimer:
         self.stack: list[list] = []  # [label, start, child seconds]
         self.undo: list = []
 
-    def wrap(self, owner, attr: str, label: str | None, *, static: bool = False) -> None:
+    def wrap(self, owner, attr: str, label: str | None, *, static: bool = False,
+             count: bool = False) -> None:
+        """Time ``owner.attr`` under ``label`` (``None``: an embedding, named after its
+        caller); with ``count``, add the length of its first argument to that stage's texts."""
         original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
         func = getattr(owner, attr) if static else original
 
@@ -71,12 +76,12 @@ class StageTimer:
             name = label
             if name is None:  # embedding: named after its caller
                 parent = self.stack[-1][0] if self.stack else "other"
-                if parent.endswith("embedding"):  # encode calling itself
+                if parent.endswith("embedding"):  # encode calling itself, or _embed
                     name = parent
                 else:
                     name = "query embedding" if parent == "search" else f"{parent}: embedding"
-                    texts = args[1] if len(args) > 1 else kwargs.get("texts", ())
-                    self.texts[name] += len(texts)
+            if count:
+                self.texts[name] += len(args[1] if len(args) > 1 else kwargs.get("texts", ()))
             self.stack.append([name, time.perf_counter(), 0.0])
             try:
                 return func(*args, **kwargs)
@@ -110,6 +115,7 @@ def instrument(timer: StageTimer) -> None:
     timer.wrap(retriever, "_ranked_lists", "search")
     timer.wrap(retriever, "focus_contexts", "focus")
     timer.wrap(Embedder, "encode", None)
+    timer.wrap(Embedder, "_embed", None, count=True)  # texts the model embeds (not looked up)
     timer.wrap(MultipleChoiceReader, "encode", "reader: tokenise")
     timer.wrap(MultipleChoiceReader, "score", "reader")
     timer.wrap(ZeroShotScorer, "score", "zero-shot scorer")
@@ -119,7 +125,7 @@ def instrument(timer: StageTimer) -> None:
 
 def run_once(questions: str, index: str, reader: str | None, backend: str, work: Path,
              max_length: int | None = None, focus: str | None = None,
-             embed_backend: str = "torch") -> dict:
+             embed_backend: str = "torch", sentence_vectors: bool = False) -> dict:
     """One instrumented predict: stage seconds, texts embedded, rankings, MAP@3."""
     from pipeline.answering import scoring
     from pipeline.answering.predictor import PredictConfig, predict
@@ -134,6 +140,7 @@ def run_once(questions: str, index: str, reader: str | None, backend: str, work:
                                     readers=[reader] if reader else [], device="cpu",
                                     overwrite=True, progress=False, reader_backend=backend,
                                     embed_backend=embed_backend, max_length=max_length,
+                                    sentence_vectors=sentence_vectors,
                                     retrieval=RetrievalConfig(focus=focus) if focus else RetrievalConfig()))
         total = time.perf_counter() - t0
     finally:
@@ -157,6 +164,23 @@ def untrained_reader(name: str, out: Path) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
     return str(folder)
+
+
+def parse_variant(spec: str) -> tuple[str, str, bool]:
+    """``READER[:EMBED[:sv]]`` -> (reader backend, embed backend, use sentence vectors).
+
+    >>> parse_variant("torch"), parse_variant("openvino-fp32:openvino:sv")
+    (('torch', 'torch', False), ('openvino-fp32', 'openvino', True))
+    """
+    parts = spec.split(":")
+    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "sv"):
+        raise SystemExit(f"--backends {spec}: expected READER[:EMBED[:sv]]")
+    return parts[0], parts[1] if len(parts) > 1 else "torch", len(parts) == 3
+
+
+def label(reader: str, embed: str, sv: bool) -> str:
+    """A variant's name: ``torch``, ``openvino:openvino``, ``torch:torch:sv``."""
+    return reader + (f":{embed}" if embed != "torch" or sv else "") + (":sv" if sv else "")
 
 
 def subset(path: str, n: int, work: Path) -> str:
@@ -189,20 +213,19 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     readers = list(args.reader) + [untrained_reader(m, REPO / "runs" / "profile-readers")
                                    for m in args.untrained]
-    specs = [(b.split(":") + ["torch"])[:2] for b in args.backends]  # READER[:EMBED]
-    label = lambda b, e: b if e == "torch" else f"{b}:{e}"  # noqa: E731
-    embeds = list(dict.fromkeys(e for _, e in specs if e != "torch"))
+    specs = [parse_variant(b) for b in args.backends]  # READER[:EMBED[:sv]]
+    embeds = list(dict.fromkeys((e, sv) for _, e, sv in specs if (e, sv) != ("torch", False)))
     variants = ([] if args.no_zero_shot else
-                [("zero-shot", None, "torch", "torch")]
-                + [(f"zero-shot :{e}", None, "torch", e) for e in embeds]) + \
-        [(f"{Path(r).name} {label(b, e)}", r, b, e) for r in readers for b, e in specs]
+                [("zero-shot", None, "torch", "torch", False)]
+                + [(f"zero-shot {label('', e, sv)}", None, "torch", e, sv) for e, sv in embeds]) + \
+        [(f"{Path(r).name} {label(b, e, sv)}", r, b, e, sv) for r in readers for b, e, sv in specs]
     work = Path(tempfile.mkdtemp(prefix="predict_profile."))
     questions = subset(args.questions, args.n, work)
     rounds: dict[str, list[dict]] = defaultdict(list)
     for r in range(args.rounds):
-        for name, reader, backend, embed in variants:
+        for name, reader, backend, embed, sv in variants:
             res = run_once(questions, args.index, reader, backend, work, args.max_length, args.focus,
-                           embed)
+                           embed, sv)
             res["load_average"] = os.getloadavg()
             rounds[name].append(res)
             print(f"round {r + 1} {name}: {res['total']:.1f} s, reader "
@@ -223,7 +246,7 @@ def main() -> int:
     print(markdown(rows, cols))
     print("\nbackends vs torch (same questions; ratios from the same round, best round):\n")
     comp = []
-    for name, reader, backend, embed in variants:
+    for name, reader, backend, embed, sv in variants:
         base = f"{Path(reader).name} torch" if reader else "zero-shot"
         if name == base or base not in best:
             continue

@@ -128,6 +128,12 @@ def parser() -> argparse.ArgumentParser:
                      help="working memory of the BM25 build beyond its vocabulary: sorted runs "
                           "spill to disk beyond it, so any corpus size fits (default: "
                           "%(default)s)")
+    idx.add_argument("--sentence-vectors", nargs="?", const="float32", default=None,
+                     choices=("float32", "float16"), metavar="DTYPE",
+                     help="also embed every passage sentence once (DIR/sentences/, float32 or "
+                          "float16), so predict looks the contexts' sentences up instead of "
+                          "embedding them; add them later with `python -m "
+                          "pipeline.sentence_vectors --index DIR`")
     big = p.add_argument_group("scale")
     big.add_argument("--shard-size", type=int, default=BuildConfig.shard_size, metavar="N",
                      help="passages per checkpointed shard: a killed build rerun with the same "
@@ -164,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_address=args.ray_address,
         overwrite=args.overwrite, keep_vectors=args.keep_vectors, refine=args.refine,
         bm25=not args.no_bm25, bm25_memory=args.bm25_memory,
+        sentence_vectors=args.sentence_vectors,
         progress=not args.no_progress)
     meta = build_index(cfg)
     b = meta["build"]
@@ -172,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['counts']['passages']} passages, {meta['index']['factory']}, "
         f"{b['seconds']:.1f} s ({b['passages_per_second']:.1f} passages/s)"
         + (f", bm25 vocabulary {meta['bm25']['vocab_size']} ({meta['bm25']['seconds']:.1f} s)"
-           if "bm25" in meta else ", no bm25") + "\n")
+           if "bm25" in meta else ", no bm25")
+        + (f", {meta['sentences']['count']} sentence vectors" if "sentences" in meta else "")
+        + "\n")
     return 0
 
 

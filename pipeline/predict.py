@@ -120,6 +120,9 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                         "embeddings on the CPU: torch, or its export run by onnx (fp32) or "
                         "openvino (bf16 on CPUs with AMX/AVX512-BF16: faster, the scores move "
                         "slightly; see docs/throughput.md) (default: %(default)s)")
+    m.add_argument("--no-sentence-vectors", dest="sentence_vectors", action="store_false",
+                   help="embed every context sentence now, even when the index has sentence "
+                        "vectors (pipeline.sentence_vectors), which are otherwise looked up")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per [context, prompt, option] (default: the reader's own, <= 512)")
     m.add_argument("--batch-size", type=int, default=None,
@@ -182,7 +185,7 @@ def reader_settings(args: argparse.Namespace) -> dict:
            "offload_folder": args.offload_folder, "load_in_4bit": args.load_in_4bit,
            "load_in_8bit": args.load_in_8bit}
     return {"reader_kind": args.reader_kind, "reader_backend": args.reader_backend,
-            "embed_backend": args.embed_backend,
+            "embed_backend": args.embed_backend, "sentence_vectors": args.sentence_vectors,
             "llm": {k: v for k, v in llm.items() if v is not None},
             "cascade": args.cascade, "cascade_fraction": args.cascade_fraction,
             "cascade_margin": args.cascade_margin, "cascade_combine": args.cascade_combine}

@@ -35,7 +35,7 @@ from pipeline.readers.backends import check_backend
 from pipeline.readers.kinds import KINDS
 from pipeline.retrieval.indexes import IndexSet
 from pipeline.retrieval.retriever import Contexts, RetrievalConfig
-from pipeline.retrieval.setup import check_embed_backend, reader_retrieval
+from pipeline.retrieval.setup import check_embed_backend, reader_retrieval, sentence_vector_report
 from pipeline.answering.budget import CASCADE, ZERO_SHOT, TimeBudget, now as budget_now
 from pipeline.answering.scoring import apply_stacker, check_llm_options, score_options  # noqa: F401 (apply_stacker: used by benchmarks)
 
@@ -63,6 +63,7 @@ class PredictConfig:
     reader_kind: str = "auto"  # auto | mc | llm (see pipeline.readers.kinds)
     reader_backend: str = "torch"  # torch | onnx | openvino (-int8): MC readers (pipeline.readers.backends)
     embed_backend: str = "torch"  # torch | onnx | openvino: the query / feature embedder (CPU)
+    sentence_vectors: bool = True  # look context sentences up in the index's sentence vectors
     llm: dict = field(default_factory=dict)  # causal-LM options (pipeline.answering.scoring.LLM_OPTIONS)
     cascade: list[str] = field(default_factory=list)  # second-stage readers for the unsure questions
     cascade_fraction: float | None = None  # share sent on (default 0.3 when no margin)
@@ -138,7 +139,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     questions = load_questions(cfg.questions)
     log.info("%d questions from %s", len(questions), cfg.questions)
     indexes = IndexSet.open(cfg.indexes, embedder=cfg.embedder, device=cfg.device,
-                            verify=cfg.verify_index, backend=cfg.embed_backend)
+                            verify=cfg.verify_index, backend=cfg.embed_backend,
+                            sentence_vectors=cfg.sentence_vectors)
     retrieval = indexes.resolved(reader_retrieval(cfg))  # BM25 asked, none: fail now
     if cfg.verify_index == "full" and retrieval.retriever in ("bm25", "hybrid"):
         indexes.verify_bm25("full")
@@ -175,6 +177,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         "cascade": next((d for d in described if d.get("type") == "cascade"), None),
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,
         "embed_backend": cfg.embed_backend,
+        "sentence_vectors": sentence_vector_report(embedder),
         "n_questions": len(questions), "seconds": round(result.seconds, 2),
         "map@3": result.map3, "accuracy@1": result.accuracy,
         "time_budget": guard.report() if guard else None,

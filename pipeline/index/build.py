@@ -10,7 +10,9 @@ by block (a flat index is streamed straight to disk), the choice sized by
 ``max_index_memory`` when given (:mod:`pipeline.index.sizing`). With
 ``engine="ray"`` the chunk+embed stage runs on a Ray cluster
 (:mod:`pipeline.index.ray_engine`). Then, unless ``bm25=False``,
-:func:`pipeline.index.bm25.add_bm25` builds the BM25 index from the written passages.
+:func:`pipeline.index.bm25.add_bm25` builds the BM25 index from the written passages, and
+with ``sentence_vectors`` :func:`pipeline.index.sentences.add_sentence_vectors` embeds their
+sentences for answer-time lookups.
 
 Example::
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipeline.index.bm25 import DEFAULT_MEMORY as BM25_MEMORY, add_bm25, parse_memory
+from pipeline.index.sentences import add_sentence_vectors
 from pipeline.index.chunking import ChunkConfig, Chunker
 from pipeline.corpus.documents import CorpusStats
 from pipeline.corpus.files import corpus_files, is_sharded, sharded_identity
@@ -101,6 +104,7 @@ class BuildConfig:
     keep_vectors: bool = False
     bm25: bool = True  # also build DIR/bm25/ (pipeline.index.bm25) after the FAISS index
     bm25_memory: str = BM25_MEMORY  # the BM25 build's working memory beyond its vocabulary
+    sentence_vectors: str | None = None  # "float32"/"float16": also DIR/sentences/ (index.sentences)
     progress: bool = True
 
     @property
@@ -302,6 +306,15 @@ def _build(cfg: BuildConfig, docs, stats: CorpusStats, lock: BuildLock, t0: floa
                     f"--out {cfg.out}: the dense index is complete, but writing its BM25 failed "
                     f"({e.strerror}); free some disk space, then add it with "
                     f"`python -m pipeline.bm25 --index {cfg.out}`") from e
+            raise
+    if cfg.sentence_vectors:  # also a separate stage over the published passages
+        try:
+            meta["sentences"] = add_sentence_vectors(
+                cfg.out, dtype=cfg.sentence_vectors, backend=cfg.backend, device=cfg.device,
+                batch_size=cfg.batch_size, progress=cfg.progress)
+        except BaseException:
+            log.error("the index %s is complete, but its sentence vectors failed; add them later "
+                      "with `python -m pipeline.sentence_vectors --index %s`", cfg.out, cfg.out)
             raise
     n = meta["counts"]["passages"]
     log.info("built %s: %d documents -> %d passages in %.1f s (%.1f passages/s embedding, "

@@ -96,6 +96,18 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def passage_sentences(title: str, text: str) -> list[str]:
+    """The sentences of one passage, its title prefixed to the first (as ``with_title`` does).
+
+    >>> passage_sentences("Neon", "It is a noble gas. It glows red.")
+    ['Neon. It is a noble gas.', 'It glows red.']
+    """
+    sents = [text[a:b] for a, b in split_sentences(text)]
+    if sents:
+        sents[0] = with_title(title, sents[0])
+    return sents
+
+
 class Chunker:
     """Cut documents into :class:`Passage` windows with a (fast) HF tokenizer."""
 

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.device import pick_device
-from pipeline.errors import EmbedderError
+from pipeline.errors import EmbedderError, IndexMismatchError
 from pipeline.index.export import Runner, ensure_exported, require
 from pipeline.paths import models_dir
 
@@ -208,6 +208,8 @@ class Embedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.max_seq_length = int(self.model.max_seq_length)
         self.runner = None
+        self.sentence_vectors: list = []  # add_sentence_vectors
+        self.cache_stats = {"hits": 0, "misses": 0}
         if self.backend != "torch":
             onnx_file = ensure_exported(self.model, self.path, self.name, self.quantize)
             self.runner = Runner(onnx_file, self.backend, self.threads)
@@ -229,7 +231,8 @@ class Embedder:
 
         Texts are sorted by length (longest first) and batched, and the rows come
         back in the order of ``texts``. A text given several times is embedded once
-        (context sentences repeat across questions and across context counts).
+        (context sentences repeat across questions and across context counts), and a text
+        found in the sentence vectors added by :meth:`add_sentence_vectors` not at all.
         """
         n = len(texts)
         if n == 0:
@@ -238,6 +241,40 @@ class Embedder:
         if len(first) < n:
             uniq = self.encode(list(first), batch_size=batch_size, progress=progress)
             return uniq[[first[t] for t in texts]]
+        if self.sentence_vectors:
+            return self._encode_cached(list(texts), batch_size, progress)
+        return self._embed(texts, batch_size, progress)
+
+    def add_sentence_vectors(self, vectors) -> None:
+        """Look texts up in ``vectors`` (an index's
+        :class:`~pipeline.index.sentences.SentenceVectors`, built by this model) before
+        embedding them; :attr:`cache_stats` counts hits and misses."""
+        if vectors.embedder_name != self.name:
+            raise IndexMismatchError(f"the sentence vectors in {vectors.path} are from "
+                                     f"{vectors.embedder_name}, not {self.name}")
+        if all(v.path != vectors.path for v in self.sentence_vectors):
+            self.sentence_vectors.append(vectors)
+
+    def _encode_cached(self, texts: list[str], batch_size: int | None,
+                       progress: bool) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing = np.ones(len(texts), dtype=bool)
+        for cache in self.sentence_vectors:
+            idx = np.flatnonzero(missing)
+            if not len(idx):
+                break
+            found, rows = cache.lookup([texts[i] for i in idx])
+            out[idx[found]] = cache.vectors_of(rows[found])
+            missing[idx[found]] = False
+        idx = np.flatnonzero(missing)
+        self.cache_stats["hits"] += len(texts) - len(idx)
+        self.cache_stats["misses"] += len(idx)
+        if len(idx):
+            out[idx] = self._embed([texts[i] for i in idx], batch_size, progress)
+        return out
+
+    def _embed(self, texts: Sequence[str], batch_size: int | None, progress: bool) -> np.ndarray:
+        n = len(texts)
         bs = batch_size or self.batch_size
         order = np.argsort([-len(t) for t in texts], kind="stable")
         ordered = [texts[i] for i in order]

@@ -92,6 +92,7 @@ class IndexStore:
     meta: dict
     index: object
     _passages: object = field(repr=False)  # pyarrow.parquet.ParquetFile
+    verify: str = "size"  # how load_index checked it; its sentence vectors are checked the same
 
     @property
     def size(self) -> int:
@@ -234,4 +235,4 @@ def load_index(path: str | Path, *, mmap: bool = True, verify: str = "size",
                                  f"{meta['embedder']['dim']}; rebuild the index")
     log.info("index %s: %d passages, %s, embedder %s", path, index.ntotal,
              meta["index"]["factory"], meta["embedder"]["name"])
-    return IndexStore(path=path, meta=meta, index=index, _passages=passages)
+    return IndexStore(path=path, meta=meta, index=index, _passages=passages, verify=verify)

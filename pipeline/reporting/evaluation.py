@@ -46,7 +46,7 @@ from pipeline.answering.predictor import PredictConfig
 from pipeline.answering.scoring import cascade_outcome, score_options, score_readers
 from pipeline.readers import cascade as C
 from pipeline.retrieval.indexes import IndexSet
-from pipeline.retrieval.setup import reader_retrieval
+from pipeline.retrieval.setup import reader_retrieval, sentence_vector_report
 from pipeline.errors import OpenbookError
 from pipeline.fileio import check_output_dir, check_parent_writable, publish_dir
 from pipeline.retrieval.focus import focus_contexts
@@ -84,6 +84,7 @@ class EvaluateConfig:
     reader_kind: str = "auto"
     reader_backend: str = "torch"
     embed_backend: str = "torch"
+    sentence_vectors: bool = True
     llm: dict = field(default_factory=dict)
     cascade: list[str] = field(default_factory=list)
     cascade_fraction: float | None = None
@@ -108,6 +109,7 @@ class EvaluateConfig:
                              verify_index=self.verify_index, reader_kind=self.reader_kind,
                              reader_backend=self.reader_backend,
                              embed_backend=self.embed_backend,
+                             sentence_vectors=self.sentence_vectors,
                              llm=dict(self.llm), cascade=list(self.cascade),
                              cascade_fraction=self.cascade_fraction,
                              cascade_margin=self.cascade_margin,
@@ -280,7 +282,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
 
     pcfg = cfg.predict_config()
     indexes = IndexSet.open(pcfg.indexes, embedder=cfg.embedder, device=cfg.device,
-                            verify=cfg.verify_index, backend=cfg.embed_backend)
+                            verify=cfg.verify_index, backend=cfg.embed_backend,
+                            sentence_vectors=cfg.sentence_vectors)
     retrieval = indexes.resolved(reader_retrieval(pcfg))
     embedder = indexes.embedder
     steps = context_steps(retrieval.top_k, cfg.max_contexts)
@@ -326,6 +329,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         "map@3": _rounded(map3), "accuracy@1": _rounded(acc),
         "scorer": scorer, "scorers": described, "baseline": not cfg.readers,
         "retrieval": retrieval.to_dict(), "embedder": embedder.name,
+        "sentence_vectors": sentence_vector_report(embedder),
         "map@3_vs_contexts": curve,
         "cascade": next((d for d in described if d.get("type") == "cascade"), None),
         "cascade_curve": cascade_curve,

@@ -45,24 +45,12 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.index.chunking import split_sentences, with_title
+from pipeline.index.chunking import passage_sentences
 from pipeline.retrieval.query import make_query, option_queries
 
 log = logging.getLogger(__name__)
 
 FOCUS_MODES = ("none", "sentences")
-
-
-def passage_sentences(title: str, text: str) -> list[str]:
-    """The sentences of one passage, its title prefixed to the first (as ``with_title`` does).
-
-    >>> passage_sentences("Neon", "It is a noble gas. It glows red.")
-    ['Neon. It is a noble gas.', 'It glows red.']
-    """
-    sents = [text[a:b] for a, b in split_sentences(text)]
-    if sents:
-        sents[0] = with_title(title, sents[0])
-    return sents
 
 
 def sentence_scores(sentences: np.ndarray, query: np.ndarray, prompt: np.ndarray,

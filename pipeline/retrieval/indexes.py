@@ -41,7 +41,7 @@ from pipeline.index.store import IndexStore, load_index
 from pipeline.retrieval.contexts import Contexts
 from pipeline.retrieval.fusion import rrf_fuse
 from pipeline.retrieval.retriever import RetrievalConfig, finish, first_stage, retrieve
-from pipeline.retrieval.setup import open_embedder
+from pipeline.retrieval.setup import attach_sentence_vectors, open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +109,29 @@ class IndexSet:
     """One or more opened indexes (see the module docstring); ``embedder`` is the first's."""
 
     def __init__(self, entries: Sequence[IndexEntry], *, embedder: str | None = None,
-                 device: str | None = None, backend: str = "torch"):
+                 device: str | None = None, backend: str = "torch",
+                 sentence_vectors: bool = True):
         if not entries:
             raise OpenbookError("give at least one --index DIR")
         self.entries = list(entries)
         self.requested = embedder  # --embedder: where the model of the indexes it built is
         self.device = device
         self.backend = backend  # --embed-backend
+        self.sentence_vectors = sentence_vectors  # --no-sentence-vectors turns it off
 
     @classmethod
     def open(cls, paths: str | Sequence[str], *, embedder: str | None = None,
              device: str | None = None, verify: str = "size",
              stores: Sequence[IndexStore] | None = None,
-             backend: str = "torch") -> "IndexSet":
+             backend: str = "torch", sentence_vectors: bool = True) -> "IndexSet":
         """Load each index (checked with ``verify``; or take the already loaded ``stores``).
         The embedders that built them are loaded on first use (:attr:`embedder`,
         :meth:`retrieve`), so a damaged index is refused before any model is read; indexes
         built by the same embedder share one model. ``embedder`` (``--embedder``) is where
         that model is for the indexes it built; one that built none of them is refused.
-        ``backend`` (``--embed-backend``) runs the embedders for queries."""
+        ``backend`` (``--embed-backend``) runs the embedders for queries; with
+        ``sentence_vectors`` each embedder looks texts up in the sentence vectors of the
+        indexes it built (:mod:`pipeline.index.sentences`) before embedding them."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         stores = list(stores) if stores is not None else [load_index(p, verify=verify)
                                                           for p in paths]
@@ -136,7 +140,8 @@ class IndexSet:
             open_embedder(stores[0], embedder, device)  # raises before loading: names the fix
         return cls([IndexEntry(name, str(path), store)
                     for name, path, store in zip(unique_names(paths), paths, stores)],
-                   embedder=embedder, device=device, backend=backend)
+                   embedder=embedder, device=device, backend=backend,
+                   sentence_vectors=sentence_vectors)
 
     def _load_embedders(self) -> None:
         """Open the embedder of every index (once; one model per embedder name)."""
@@ -148,9 +153,11 @@ class IndexSet:
             built = e.store.meta["embedder"]["name"]
             if built not in models:
                 models[built] = open_embedder(e.store, self.requested if built == wanted else None,
-                                              self.device, self.backend)
+                                              self.device, self.backend, self.sentence_vectors)
             else:
                 check_same_embedder(e.store, models[built])
+                if self.sentence_vectors:
+                    attach_sentence_vectors(e.store, models[built])
             e.embedder = models[built]
         if len(self.entries) > 1:
             log.info("%d indexes, fused by reciprocal rank: %s", len(self.entries),

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from pipeline.errors import IndexMismatchError
 from pipeline.index.embedding import Embedder, resolve_model
+from pipeline.index.sentences import has_sentences, load_sentence_vectors
 from pipeline.index.store import IndexStore
 from pipeline.readers.record import ReaderError, load_reader_record
 from pipeline.retrieval.retriever import RetrievalConfig
@@ -27,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def open_embedder(store: IndexStore, requested: str | None, device: str | None,
-                  backend: str = "torch") -> Embedder:
+                  backend: str = "torch", sentence_vectors: bool = True) -> Embedder:
     """The embedder that built ``store``; refuse one that differs from it.
 
     ``backend`` (``--embed-backend``) is what runs it for queries: torch, or on the CPU
-    an export run by ONNX Runtime or OpenVINO (:mod:`pipeline.index.export`).
+    an export run by ONNX Runtime or OpenVINO (:mod:`pipeline.index.export`). With
+    ``sentence_vectors`` the index's sentence vectors, when it has them
+    (:mod:`pipeline.index.sentences`), are looked up before anything is embedded.
     """
     built = store.meta["embedder"]
     name = requested or built["name"]
@@ -50,7 +53,26 @@ def open_embedder(store: IndexStore, requested: str | None, device: str | None,
             f"embedder {emb.name} gives {emb.dim}-d vectors (normalize={emb.normalize}) but "
             f"--index {store.path} holds {built['dim']}-d (normalize={built['normalize']}); "
             "use the index's embedder or rebuild the index")
+    if sentence_vectors:
+        attach_sentence_vectors(store, emb)
     return emb
+
+
+def attach_sentence_vectors(store: IndexStore, embedder: Embedder) -> None:
+    """Give ``embedder`` the sentence vectors of ``store`` if it has them (checked as the
+    index was: ``store.verify``)."""
+    if has_sentences(store.meta):
+        embedder.add_sentence_vectors(load_sentence_vectors(store.path, store.meta,
+                                                            verify=store.verify))
+
+
+def sentence_vector_report(embedder: Embedder) -> dict:
+    """What a run's report says of the sentence vectors: which were used, hits and misses
+    (texts found in them, texts embedded while they were attached)."""
+    return {"used": bool(embedder.sentence_vectors),
+            "indexes": [str(v.path.parent) for v in embedder.sentence_vectors],
+            "dtype": [v.record.get("dtype") for v in embedder.sentence_vectors],
+            **embedder.cache_stats}
 
 
 def check_embed_backend(backend: str, device: str | None) -> None:
