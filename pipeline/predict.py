@@ -113,8 +113,10 @@ def add_retrieval_and_reader_args(p: argparse.ArgumentParser) -> None:
                    help="what runs multiple-choice readers on the CPU: torch, or a graph exported "
                         "once from the reader folder and run by onnx (ONNX Runtime, fp32) or "
                         "openvino (bf16 on CPUs with AMX/AVX512-BF16; openvino-fp32: fp32 "
-                        "everywhere); -int8 variants are faster "
-                        "but move the scores (see docs/throughput.md) (default: %(default)s)")
+                        "everywhere; openvino-recheck: bf16, then fp32 for the questions whose "
+                        "top options are closer than bf16's measured error); -int8 variants are "
+                        "faster but move the scores (see docs/throughput.md) "
+                        "(default: %(default)s)")
     m.add_argument("--embed-backend", choices=EMBED_BACKENDS, default="torch",
                    help="what runs the index's embedder for the query, stacker and zero-shot "
                         "embeddings on the CPU: torch, or its export run by onnx (fp32) or "

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.answering.recheck import RECHECK, score_with_recheck
 from pipeline.errors import OpenbookError
 from pipeline.index.embedding import Embedder
 from pipeline.metrics import margins, softmax
@@ -135,7 +136,11 @@ def score_readers(cfg, readers: Sequence[str], questions: Sequence[Question],
                   contexts: Sequence[Contexts], embedder: Embedder
                   ) -> tuple[np.ndarray, str, list[dict]]:
     """Mean probability ``(n, 5)`` of ``readers`` (each through its stacker), its label and
-    one description per reader; with no reader, the zero-shot baseline's scores."""
+    one description per reader; with no reader, the zero-shot baseline's scores.
+    ``--reader-backend openvino-recheck`` scores in bf16 and the near ties again in fp32
+    (:mod:`pipeline.answering.recheck`)."""
+    if readers and getattr(cfg, "reader_backend", "torch") == RECHECK:
+        return score_with_recheck(cfg, readers, questions, contexts, embedder, score_readers)
     prompts = [q.prompt for q in questions]
     options = [list(q.options) for q in questions]
     ctx = [c.joined() for c in contexts]

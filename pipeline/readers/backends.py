@@ -12,7 +12,8 @@ reader folder: the encoder, its pooling (the mean-pooling hooks of
 
 with batch, options and sequence dynamic. ``onnx`` runs it with ONNX Runtime (fp32);
 ``openvino`` with OpenVINO, which computes in **bf16** by itself on CPUs with AMX or
-AVX512-BF16 and fp32 elsewhere (``openvino-fp32`` keeps fp32 everywhere); ``*-int8``
+AVX512-BF16 and fp32 elsewhere (``openvino-fp32`` keeps fp32 everywhere;
+``openvino-recheck`` runs bf16, then fp32 on near ties: :mod:`pipeline.answering.recheck`); ``*-int8``
 adds ONNX Runtime's dynamic int8 quantisation of the weight MatMuls (faster, but the
 scores move: see docs/throughput.md for the quality cost). Longformer (windowed attention padded in
 Python) is not exported: use ``torch`` for it.
@@ -47,10 +48,12 @@ from pipeline.readers.record import ReaderError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "split_backend", "check_backend", "ReaderRuntime"]
+__all__ = ["BACKENDS", "RECHECK", "split_backend", "check_backend", "ReaderRuntime"]
 
 #: ``--reader-backend`` choices.
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-fp32", "openvino-int8")
+#: bf16 OpenVINO, near ties scored again with openvino-fp32 (pipeline.answering.recheck).
+RECHECK = "openvino-recheck"
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-fp32", "openvino-int8", RECHECK)
 #: Bump when the exported reader graph changes, so old caches are not reused.
 READER_EXPORT_VERSION = 1
 #: Model types whose forward cannot be traced into a graph with dynamic shapes.
@@ -159,6 +162,9 @@ class ReaderRuntime:
 
     def __init__(self, model: Any, folder: str | Path, backend: str, sample: dict,
                  names: list[str], threads: int | None = None) -> None:
+        if backend == RECHECK:  # two runtimes, driven by pipeline.answering.recheck
+            raise ReaderError(f"--reader-backend {RECHECK} is run by predict/evaluate as "
+                              "openvino, then openvino-fp32; load a reader with one of those")
         self.backend = backend
         runtime, quantize = split_backend(backend)
         self.path = ensure_reader_export(model, folder, sample, names, quantize)

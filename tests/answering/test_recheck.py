@@ -1,0 +1,137 @@
+"""--reader-backend openvino-recheck (pipeline.answering.recheck): bf16 scores, near ties
+scored again in fp32, so that the final orders are fp32's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import run_cli
+from pipeline.answering import recheck as R
+from pipeline.metrics import rank_letters
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+@dataclass
+class Cfg:
+    reader_backend: str = R.RECHECK
+
+
+def fake_scorer(exact: np.ndarray, noise: np.ndarray, calls: list):
+    """``score`` for score_with_recheck: exact scores in fp32, exact + noise in bf16."""
+
+    def score(cfg, readers, questions, contexts, embedder):
+        rows = np.asarray(questions, dtype=int)
+        calls.append((cfg.reader_backend, rows.tolist()))
+        s = exact[rows] + (noise[rows] if cfg.reader_backend == R.FAST else 0)
+        return s, "reader r", [{"type": "reader", "backend": cfg.reader_backend}]
+
+    return score
+
+
+def run(exact, noise):
+    calls: list = []
+    n = len(exact)
+    out, label, described = R.score_with_recheck(Cfg(), ["r"], list(range(n)), [None] * n, None,
+                                                 fake_scorer(exact, noise, calls))
+    return out, label, described, calls
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), scale=st.floats(1e-5, 3e-2))
+def test_final_orders_are_the_exact_ones(seed, n, scale):
+    """When the calibration sample sees the largest bf16 change (here: every question's
+    change is at most the sample's), every final ranking is the fp32 ranking."""
+    rng = np.random.default_rng(seed)
+    exact = rng.dirichlet(np.ones(5) * 0.7, size=n).astype(np.float32)
+    noise = rng.uniform(-scale, scale, size=(n, 5)).astype(np.float32)
+    noise[R.calibration_rows(n)[0], 0] = scale  # the sample holds the largest change
+    out, _, described, calls = run(exact, noise)
+    top3 = lambda s: [r[:3] for r in rank_letters(s)]  # noqa: E731 (what MAP@3 reads)
+    assert top3(out) == top3(exact)
+    info = described[-1]
+    assert info["type"] == "precision-recheck" and info["of"] == n
+    assert info["scored_in_fp32"] == info["calibration"] + info["rechecked"] <= n
+    assert calls[0] == (R.FAST, list(range(n)))  # everything in bf16 first, once
+    assert all(b == R.EXACT for b, _ in calls[1:])
+
+
+def test_only_near_ties_are_scored_again():
+    n = 200
+    exact = np.tile(np.array([0.6, 0.25, 0.1, 0.04, 0.01], np.float32), (n, 1))
+    tied = np.arange(3, n, 10)  # 20 questions whose 2nd and 3rd options are 0.001 apart
+    exact[tied, 1], exact[tied, 2] = 0.1755, 0.1745
+    noise = np.zeros_like(exact)
+    noise[:, 2] = 0.0004  # bf16 raises option C by 4e-4 everywhere: max_change 4e-4
+    out, label, described, calls = run(exact, noise)
+    info = described[-1]
+    calib = R.calibration_rows(n)
+    assert info["calibration"] == len(calib) == 16 and info["max_change"] == pytest.approx(4e-4)
+    assert info["threshold"] == pytest.approx(2 * R.SAFETY * 4e-4)
+    expected = sorted(set(tied.tolist()) - set(calib.tolist()))
+    assert calls[1] == (R.EXACT, calib.tolist())
+    assert calls[2] == (R.EXACT, expected)  # the tied ones, nothing else
+    assert info["rechecked"] == len(expected)
+    assert np.array_equal(out[tied], exact[tied])  # fp32 scores where it mattered
+    assert "rechecked in fp32" in label
+
+
+def test_no_change_no_recheck_and_a_tiny_run_is_all_fp32():
+    exact = np.random.default_rng(0).dirichlet(np.ones(5), size=50).astype(np.float32)
+    out, _, described, calls = run(exact, np.zeros_like(exact))
+    assert described[-1]["rechecked"] == 0 and len(calls) == 2  # bf16, then the sample only
+    out, _, described, calls = run(exact[:10], np.full((10, 5), 0.3, np.float32))
+    assert described[-1]["calibration"] == 10 and np.array_equal(out, exact[:10])
+
+
+def test_top_gaps_reads_the_first_four_places():
+    s = np.array([[0.4, 0.3, 0.2, 0.1, 0.0999], [0.3, 0.3, 0.2, 0.1, 0.1]])
+    assert R.top_gaps(s).round(4).tolist() == [0.1, 0.0]  # 4th/5th tie does not matter
+
+
+def test_recheck_is_refused_as_a_single_runtime():
+    from pipeline.readers.backends import ReaderRuntime
+    from pipeline.readers.record import ReaderError
+
+    with pytest.raises(ReaderError, match="openvino, then openvino-fp32"):
+        ReaderRuntime(None, ".", R.RECHECK, {}, [])
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'openbook[openvino]')")
+def test_predict_with_recheck_ranks_as_fp32(tiny_index, easy_questions, tmp_path, folders_minilm):
+    """The CLI end to end on a real-weights MiniLM reader with a random head."""
+    reports = {}
+    for backend in ("openvino-fp32", R.RECHECK):
+        out = tmp_path / f"{backend}.csv"
+        res = run_cli("predict", easy_questions, "--index", tiny_index, "--reader", folders_minilm,
+                      "--reader-backend", backend, "--device", "cpu", "--out", out,
+                      "--no-progress")
+        assert res.returncode == 0, res.stderr
+        reports[backend] = json.loads(out.with_name(out.stem + ".report.json").read_text())
+    fp32, mixed = reports["openvino-fp32"], reports[R.RECHECK]
+    info = mixed["scorers"][-1]
+    assert info["type"] == "precision-recheck" and info["of"] == fp32["n_questions"]
+    assert [q["ranking"] for q in mixed["per_question"]] == \
+        [q["ranking"] for q in fp32["per_question"]]
+
+
+@pytest.fixture(scope="module")
+def folders_minilm(tmp_path_factory, minilm_path):
+    import torch
+
+    from pipeline.training.model import load_model
+
+    root = tmp_path_factory.mktemp("recheck-reader")
+    torch.manual_seed(0)
+    model, tok, _ = load_model(minilm_path)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.2)
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)
