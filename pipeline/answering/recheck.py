@@ -2,24 +2,24 @@
 
 OpenVINO's bf16 reader is ~2x (MiniLM) to ~3x (MPNet) faster than fp32 on CPUs with
 AVX512-BF16 or AMX, but it moves every score a little, and where two options are
-nearly tied their order flips (docs/throughput.md: 97% same top-3 on MiniLM). An order
-can only flip between two options whose scores are closer than twice the largest change
-bf16 makes to one score. So:
+nearly tied their order flips (docs/throughput.md: 97% same top-3 on MiniLM). So:
 
 1. every question is scored by the bf16 reader (``openvino``), stacker and all;
 2. a calibration sample (every 20th question, at least 16) is scored again in fp32
-   (``openvino-fp32``): the largest change bf16 made to any of their final scores is
-   ``max_change``;
-3. every other question whose first four options have two neighbours closer than
-   ``2 x SAFETY x max_change`` is scored again in fp32;
+   (``openvino-fp32``). In log-probability, the change bf16 makes to the difference
+   between two neighbouring options (places 1|2, 2|3, 3|4: what MAP@3 reads) is
+   modelled as normal, ``N(0, sigma^2)``, ``sigma`` the sample's root mean square;
+3. a neighbour pair ``g`` apart then swaps with probability at most
+   ``erfc(g / (sigma sqrt 2))``; the other questions are scored again in fp32, least
+   safe first, until the expected number of changed top-3s left is at most ``TARGET``
+   of the questions (0.25%: a quarter of the 1% the equivalence rule allows);
 4. fp32 scores replace bf16 ones for the calibration sample and those questions.
 
-The threshold is measured in the run, on its own readers, stackers, questions and CPU,
-so nothing is tuned to a data set; ``SAFETY`` covers a change larger than any in the
-sample. On a CPU without bf16, OpenVINO computes fp32 for both, ``max_change`` is ~0 and
-next to nothing is scored twice. The run's report says what happened (``"type":
-"precision-recheck"``: sample size, ``max_change``, threshold, questions rechecked, the
-seconds of each precision). Measured: docs/throughput.md.
+``sigma`` is measured in the run, on its own readers, stackers, questions and CPU, so
+nothing is tuned to a data set. On a CPU without bf16 OpenVINO computes fp32 both times,
+``sigma`` is ~0 and only exact ties are scored twice. The run's report says what happened
+(``"type": "precision-recheck"``: sample size, ``sigma``, questions rechecked, expected
+changes left, the seconds of each precision). Measured: docs/throughput.md.
 
 Example::
 
@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import Callable, Sequence
@@ -43,16 +44,44 @@ from pipeline.readers.backends import RECHECK
 log = logging.getLogger(__name__)
 
 FAST, EXACT = "openvino", "openvino-fp32"
-SAFETY = 1.5
+TARGET = 0.0025  # expected share of questions whose top 3 may still differ from fp32
 CALIBRATION_EVERY = 20
 CALIBRATION_MIN = 16
 TOP = 4  # MAP@3 reads the first three places: gaps 1|2, 2|3 and 3|4 decide them
+
+
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def _space(scores: np.ndarray) -> np.ndarray:
+    """Log-probabilities when the scores are probabilities, else the scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.log(np.maximum(s, 1e-12)) if (s >= 0).all() else s
+
+
+def _neighbours(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``(n, TOP - 1)``: differences between neighbours of ``order`` (the bf16 order)."""
+    s = np.take_along_axis(scores, order, axis=1)
+    return s[:, :-1] - s[:, 1:]
 
 
 def top_gaps(scores: np.ndarray, top: int = TOP) -> np.ndarray:
     """``(n,)``: the smallest difference between neighbours among each row's ``top`` best."""
     s = -np.sort(-np.asarray(scores, dtype=np.float64), axis=1)[:, :top]
     return (s[:, :-1] - s[:, 1:]).min(axis=1) if s.shape[1] > 1 else np.full(len(s), np.inf)
+
+
+def swap_probability(gaps: np.ndarray, sigma: float) -> np.ndarray:
+    """``(n,)``: the chance that one of a question's neighbour pairs (``gaps`` ``(n, k)``)
+    swaps when each difference moves by ``N(0, sigma^2)`` (two-sided: an upper bound).
+
+    >>> swap_probability(np.array([[0.0, 1.0], [3.0, 3.0]]), 1.0).round(3).tolist()
+    [1.0, 0.005]
+    """
+    if sigma <= 0:
+        return (np.asarray(gaps) <= 0).any(axis=1).astype(np.float64)
+    p = _erfc(np.asarray(gaps, dtype=np.float64) / (sigma * np.sqrt(2)))
+    return 1 - np.prod(1 - np.minimum(p, 1), axis=1)
 
 
 def calibration_rows(n: int) -> np.ndarray:
@@ -81,22 +110,30 @@ def score_with_recheck(cfg, readers: Sequence[str], questions: Sequence, context
     t1 = time.perf_counter()
     calib = calibration_rows(n)
     out = np.array(fast, dtype=np.float32, copy=True)
-    max_change = 0.0
+    fast_s = _space(fast)
+    order = np.argsort(-fast_s, axis=1, kind="stable")[:, :TOP]
+    sigma = 0.0
     if len(calib):
         out[calib] = exact(calib)
-        max_change = float(np.abs(out[calib] - fast[calib]).max())
-    threshold = 2 * SAFETY * max_change
-    near = top_gaps(fast) < threshold
-    near[calib] = False
-    rows = np.flatnonzero(near)
-    log.info("precision recheck: bf16 changed final scores by up to %.2g on %d calibration "
-             "questions; %d of %d questions closer than %.2g are scored again in fp32",
-             max_change, len(calib), len(rows), n, threshold)
+        change = _neighbours(fast_s[calib], order[calib]) - \
+            _neighbours(_space(out[calib]), order[calib])
+        sigma = float(np.sqrt(np.mean(change ** 2)))
+    p = swap_probability(_neighbours(fast_s, order), sigma)
+    p[calib] = 0.0
+    worst = np.argsort(-p, kind="stable")
+    left = np.cumsum(p[worst][::-1])[::-1]  # expected changes left if we stop before i
+    k = int(np.searchsorted(-left, -TARGET * n))  # first i with left[i] <= TARGET * n
+    rows = np.sort(worst[:k])
+    expected = float(left[k]) if k < n else 0.0
+    log.info("precision recheck: sigma %.3g (log-probability) on %d calibration questions; "
+             "%d of %d questions scored again in fp32, %.2f changed top-3s expected left",
+             sigma, len(calib), len(rows), n, expected)
     if len(rows):
         out[rows] = exact(rows)
     info = {"type": "precision-recheck", "fast": FAST, "exact": EXACT,
-            "calibration": int(len(calib)), "max_change": round(max_change, 6),
-            "safety": SAFETY, "threshold": round(threshold, 6), "rechecked": int(len(rows)),
-            "of": n, "scored_in_fp32": int(len(calib) + len(rows)),
+            "calibration": int(len(calib)), "sigma": round(sigma, 6), "target": TARGET,
+            "rechecked": int(len(rows)), "of": n,
+            "scored_in_fp32": int(len(calib) + len(rows)),
+            "expected_changed_left": round(expected, 3),
             "seconds_fast": round(t_fast, 3), "seconds_exact": round(time.perf_counter() - t1, 3)}
     return out, f"{label} (bf16, near ties rechecked in fp32)", described + [info]

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from conftest import run_cli
 from pipeline.answering import recheck as R
@@ -43,37 +42,44 @@ def run(exact, noise):
     return out, label, described, calls
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), scale=st.floats(1e-5, 3e-2))
-def test_final_orders_are_the_exact_ones(seed, n, scale):
-    """When the calibration sample sees the largest bf16 change (here: every question's
-    change is at most the sample's), every final ranking is the fp32 ranking."""
-    rng = np.random.default_rng(seed)
-    exact = rng.dirichlet(np.ones(5) * 0.7, size=n).astype(np.float32)
-    noise = rng.uniform(-scale, scale, size=(n, 5)).astype(np.float32)
-    noise[R.calibration_rows(n)[0], 0] = scale  # the sample holds the largest change
-    out, _, described, calls = run(exact, noise)
-    top3 = lambda s: [r[:3] for r in rank_letters(s)]  # noqa: E731 (what MAP@3 reads)
-    assert top3(out) == top3(exact)
-    info = described[-1]
-    assert info["type"] == "precision-recheck" and info["of"] == n
-    assert info["scored_in_fp32"] == info["calibration"] + info["rechecked"] <= n
-    assert calls[0] == (R.FAST, list(range(n)))  # everything in bf16 first, once
-    assert all(b == R.EXACT for b, _ in calls[1:])
+@pytest.mark.parametrize("sigma", [0.003, 0.01, 0.03])
+def test_changed_top3s_stay_within_the_rule(sigma):
+    """bf16-like noise (normal, in log-probability) on 10 x 400 questions: the top 3 of at
+    most 1% of questions differ from fp32 after the recheck (the equivalence rule), and
+    fewer questions are scored twice than a full fp32 pass."""
+    changed, rechecked, total = 0, 0, 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        n = 400
+        exact = rng.dirichlet(np.ones(5) * 0.7, size=n)
+        noisy = np.exp(np.log(exact) + rng.normal(0, sigma, size=exact.shape))
+        noise = (noisy - exact).astype(np.float32)
+        out, _, described, calls = run(exact.astype(np.float32), noise)
+        top3 = lambda s: [r[:3] for r in rank_letters(s)]  # noqa: E731 (what MAP@3 reads)
+        changed += sum(a != b for a, b in zip(top3(out), top3(exact)))
+        info = described[-1]
+        assert info["type"] == "precision-recheck" and info["of"] == n
+        assert info["scored_in_fp32"] == info["calibration"] + info["rechecked"] < n
+        assert info["expected_changed_left"] <= R.TARGET * n
+        assert calls[0] == (R.FAST, list(range(n)))  # everything in bf16 first, once
+        assert all(b == R.EXACT for b, _ in calls[1:])
+        rechecked += info["scored_in_fp32"]
+        total += n
+    assert changed <= 0.01 * total, (changed, total)
+    assert rechecked < 0.5 * total
 
 
 def test_only_near_ties_are_scored_again():
     n = 200
     exact = np.tile(np.array([0.6, 0.25, 0.1, 0.04, 0.01], np.float32), (n, 1))
-    tied = np.arange(3, n, 10)  # 20 questions whose 2nd and 3rd options are 0.001 apart
-    exact[tied, 1], exact[tied, 2] = 0.1755, 0.1745
+    tied = np.arange(3, n, 10)  # 20 questions whose 2nd and 3rd options are 1e-4 apart
+    exact[tied, 1], exact[tied, 2] = 0.17505, 0.17495
     noise = np.zeros_like(exact)
-    noise[:, 2] = 0.0004  # bf16 raises option C by 4e-4 everywhere: max_change 4e-4
+    noise[:, 2] = 0.0004  # bf16 raises option C a little everywhere
     out, label, described, calls = run(exact, noise)
     info = described[-1]
     calib = R.calibration_rows(n)
-    assert info["calibration"] == len(calib) == 16 and info["max_change"] == pytest.approx(4e-4)
-    assert info["threshold"] == pytest.approx(2 * R.SAFETY * 4e-4)
+    assert info["calibration"] == len(calib) == 16 and info["sigma"] > 0
     expected = sorted(set(tied.tolist()) - set(calib.tolist()))
     assert calls[1] == (R.EXACT, calib.tolist())
     assert calls[2] == (R.EXACT, expected)  # the tied ones, nothing else
