@@ -92,20 +92,24 @@ def calibration_rows(n: int) -> np.ndarray:
 
 
 def score_with_recheck(cfg, readers: Sequence[str], questions: Sequence, contexts: Sequence,
-                       embedder, score: Callable) -> tuple[np.ndarray, str, list[dict]]:
-    """``score(cfg, readers, questions, contexts, embedder)`` (-> scores ``(n, 5)``, label,
-    descriptions) in bf16, with the near ties scored again in fp32 (see the module
-    docstring); the last description is the recheck's."""
+                       embedder, score: Callable, evidence: dict | None = None
+                       ) -> tuple[np.ndarray, str, list[dict]]:
+    """``score(cfg, readers, questions, contexts, embedder, evidence)`` (-> scores ``(n, 5)``,
+    label, descriptions) in bf16, with the near ties scored again in fp32 (see the module
+    docstring); the last description is the recheck's. The stacker features ``evidence``
+    (``(n, 5)`` by name, filled in by the bf16 pass) are not computed again for the fp32 one."""
     n = len(questions)
+    evidence = {} if evidence is None else evidence
     t0 = time.perf_counter()
     fast, label, described = score(replace(cfg, reader_backend=FAST), readers, questions,
-                                   contexts, embedder)
+                                   contexts, embedder, evidence)
     t_fast = time.perf_counter() - t0
     exact_cfg = replace(cfg, reader_backend=EXACT)
 
     def exact(rows: np.ndarray) -> np.ndarray:
         return score(exact_cfg, readers, [questions[i] for i in rows],
-                     [contexts[i] for i in rows], embedder)[0]
+                     [contexts[i] for i in rows], embedder,
+                     {k: v[rows] for k, v in evidence.items()})[0]
 
     t1 = time.perf_counter()
     calib = calibration_rows(n)

@@ -133,14 +133,17 @@ def apply_stacker(name: str, probs: np.ndarray, prompts: Sequence[str],
 
 
 def score_readers(cfg, readers: Sequence[str], questions: Sequence[Question],
-                  contexts: Sequence[Contexts], embedder: Embedder
+                  contexts: Sequence[Contexts], embedder: Embedder,
+                  evidence: dict[str, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, str, list[dict]]:
     """Mean probability ``(n, 5)`` of ``readers`` (each through its stacker), its label and
     one description per reader; with no reader, the zero-shot baseline's scores.
+    ``evidence`` (stacker features ``(n, 5)`` by name) is filled in and reused.
     ``--reader-backend openvino-recheck`` scores in bf16 and the near ties again in fp32
     (:mod:`pipeline.answering.recheck`)."""
     if readers and getattr(cfg, "reader_backend", "torch") == RECHECK:
-        return score_with_recheck(cfg, readers, questions, contexts, embedder, score_readers)
+        return score_with_recheck(cfg, readers, questions, contexts, embedder, score_readers,
+                                  evidence)
     prompts = [q.prompt for q in questions]
     options = [list(q.options) for q in questions]
     ctx = [c.joined() for c in contexts]
@@ -153,7 +156,7 @@ def score_readers(cfg, readers: Sequence[str], questions: Sequence[Question],
         return scorer.score(prompts, options, ctx, rows, progress=cfg.progress), \
             scorer.name, [scorer.describe()]
     probs, described = [], []
-    evidence: dict[str, np.ndarray] = {}  # stacker features, computed once for all readers
+    evidence = {} if evidence is None else evidence  # stacker features: once for all readers
     for name in readers:
         reader = reader_for(cfg, name)
         p = reader.probabilities(prompts, options, ctx, rows, progress=cfg.progress)

@@ -68,11 +68,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from pipeline.index.chunking import with_title
 from pipeline.errors import IndexMismatchError, OpenbookError
-from pipeline.fileio import publish_dir, sha256_file, write_json_atomic
 from pipeline.index.artifacts import check_bm25_model, check_files, short_error
 from pipeline.index.bm25_build import build_streaming
 
@@ -245,11 +242,6 @@ def has_bm25(meta: dict) -> bool:
     return isinstance(meta.get("bm25"), dict) and bool(meta["bm25"].get("files"))
 
 
-def _file_records(index_dir: Path, folder: Path) -> dict:
-    return {f"{BM25_DIR}/{p.name}": {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
              memory_mb: float | None = None, progress: bool = True) -> dict:
     """Build (or rebuild) the BM25 index of a finished index directory.
@@ -279,7 +271,7 @@ def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
 def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bool) -> dict:
     import bm25s
 
-    from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta
+    from pipeline.index.store import PASSAGES_FILE, publish_side, read_meta, side_files
 
     meta = read_meta(index)
     t0 = time.perf_counter()
@@ -307,18 +299,11 @@ def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bo
             "avg_terms_per_passage": round((stats.n_tokens - stats.n_empty) / max(n, 1), 2),
             "nnz": stats.nnz,
             "build": {"memory_mb": memory_mb, "runs": stats.runs, "column_ranges": stats.ranges},
-            "files": _file_records(index, partial),
+            "files": side_files(partial, BM25_DIR),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {"bm25s": bm25s.__version__, "PyStemmer": _pystemmer_version()},
         }
-        # Publish: forget the old BM25 in meta.json, swap the folder, then record the new one.
-        meta = read_meta(index)
-        if meta.pop("bm25", None) is not None:
-            write_json_atomic(index / META_FILE, meta)
-        publish_dir(partial, index / BM25_DIR)
-        record["seconds"] = round(time.perf_counter() - t0, 2)
-        meta["bm25"] = record
-        write_json_atomic(index / META_FILE, meta)  # meta.json is not checksummed
+        publish_side(index, "bm25", partial, record, t0)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

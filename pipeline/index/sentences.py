@@ -26,8 +26,10 @@ index's embedder (``meta.json["sentences"]["embedder"]`` says with which backend
 and precision), and loading refuses vectors of another model. ``predict
 --no-sentence-vectors`` embeds everything live.
 
-Cost: ~7 sentences and ~3 KB (float32, 384-d) per passage; float16 halves it.
-Building runs beside the live files (``sentences/`` is replaced only when whole,
+Cost, on the haystack index of Wikipedia summaries: 3.7 distinct sentences and 5.8 KB
+(float32, 384-d) per passage, and about the time embedding the passages took; float16
+halves the disk. A build that stops starts over (it is not resumable as ``build_index``
+is). Building runs beside the live files (``sentences/`` is replaced only when whole,
 ``meta.json["sentences"]`` written last) and can be re-run on its own:
 ``python -m pipeline.sentence_vectors --index DIR``.
 
@@ -52,7 +54,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import IndexMismatchError, OpenbookError
-from pipeline.fileio import publish_dir, sha256_file, write_json_atomic
 from pipeline.index.artifacts import check_files, short_error
 from pipeline.index.chunking import passage_sentences, split_sentences, with_title
 
@@ -150,7 +151,7 @@ def _add(index: Path, dtype: str, backend: str, device: str | None, batch_size: 
     from numpy.lib.format import open_memmap
 
     from pipeline.index.embedding import Embedder, check_backend
-    from pipeline.index.store import META_FILE, PASSAGES_FILE, read_meta
+    from pipeline.index.store import PASSAGES_FILE, publish_side, read_meta, side_files
 
     meta = read_meta(index)
     t0 = time.perf_counter()
@@ -218,18 +219,10 @@ def _add(index: Path, dtype: str, backend: str, device: str | None, batch_size: 
             "count": n,
             "occurrences": occurrences,
             "passages": n_passages,
-            "files": {f"{SENTENCES_DIR}/{p.name}": {"bytes": p.stat().st_size,
-                                                    "sha256": sha256_file(p)}
-                      for p in sorted(partial.iterdir())},
+            "files": side_files(partial, SENTENCES_DIR),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        meta = read_meta(index)
-        if meta.pop("sentences", None) is not None:
-            write_json_atomic(index / META_FILE, meta)
-        publish_dir(partial, index / SENTENCES_DIR)
-        record["seconds"] = round(time.perf_counter() - t0, 2)
-        meta["sentences"] = record
-        write_json_atomic(index / META_FILE, meta)
+        publish_side(index, "sentences", partial, record, t0)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -168,6 +168,32 @@ class IndexStore:
         return self._starts
 
 
+def side_files(folder: Path, name: str) -> dict:
+    """The ``files`` table (bytes, sha256) of a side folder being written at ``folder``, keyed
+    as it will be published (``name/file``): ``bm25/``, ``sentences/``."""
+    from pipeline.fileio import sha256_file
+
+    return {f"{name}/{p.name}": {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def publish_side(index: Path, key: str, partial: Path, record: dict, started: float) -> None:
+    """Put a finished side folder in place: forget the old one in ``meta.json[key]``, swap
+    ``partial`` in as ``index/record["dir"]``, then record the new one (with its build
+    ``seconds`` since ``started``). An interrupted publish leaves no record of a half folder."""
+    import time
+
+    from pipeline.fileio import publish_dir, write_json_atomic
+
+    meta = read_meta(index)
+    if meta.pop(key, None) is not None:
+        write_json_atomic(index / META_FILE, meta)
+    publish_dir(partial, index / record["dir"])
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    meta[key] = record
+    write_json_atomic(index / META_FILE, meta)  # meta.json is not checksummed
+
+
 def _one_line(e: BaseException, limit: int = 200) -> str:
     """A library error as a short line (faiss's "Error in <signature> at <file>:<line>: " dropped)."""
     import re
