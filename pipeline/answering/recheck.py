@@ -23,7 +23,8 @@ changes left, the seconds of each precision). Measured: docs/throughput.md.
 
 Example::
 
-    >>> top_gaps(np.array([[0.5, 0.2, 0.19, 0.1, 0.01], [0.9, 0.05, 0.03, 0.015, 0.005]])).round(3).tolist()
+    >>> s = np.array([[0.5, 0.2, 0.19, 0.1, 0.01], [0.9, 0.05, 0.03, 0.015, 0.005]])
+    >>> neighbour_gaps(s, np.argsort(-s, axis=1)[:, :TOP]).min(axis=1).round(3).tolist()
     [0.01, 0.015]
     >>> calibration_rows(100).tolist()[:3], len(calibration_rows(100)), len(calibration_rows(10))
     ([0, 7, 13], 16, 10)
@@ -59,16 +60,11 @@ def _space(scores: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(s, 1e-12)) if (s >= 0).all() else s
 
 
-def _neighbours(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``(n, TOP - 1)``: differences between neighbours of ``order`` (the bf16 order)."""
+def neighbour_gaps(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``(n, k - 1)``: ``scores`` of each row's options ``order`` ``(n, k)`` (the bf16 order,
+    first ``TOP`` places) minus those of the next place."""
     s = np.take_along_axis(scores, order, axis=1)
     return s[:, :-1] - s[:, 1:]
-
-
-def top_gaps(scores: np.ndarray, top: int = TOP) -> np.ndarray:
-    """``(n,)``: the smallest difference between neighbours among each row's ``top`` best."""
-    s = -np.sort(-np.asarray(scores, dtype=np.float64), axis=1)[:, :top]
-    return (s[:, :-1] - s[:, 1:]).min(axis=1) if s.shape[1] > 1 else np.full(len(s), np.inf)
 
 
 def swap_probability(gaps: np.ndarray, sigma: float) -> np.ndarray:
@@ -119,10 +115,10 @@ def score_with_recheck(cfg, readers: Sequence[str], questions: Sequence, context
     sigma = 0.0
     if len(calib):
         out[calib] = exact(calib)
-        change = _neighbours(fast_s[calib], order[calib]) - \
-            _neighbours(_space(out[calib]), order[calib])
+        change = neighbour_gaps(fast_s[calib], order[calib]) - \
+            neighbour_gaps(_space(out[calib]), order[calib])
         sigma = float(np.sqrt(np.mean(change ** 2)))
-    p = swap_probability(_neighbours(fast_s, order), sigma)
+    p = swap_probability(neighbour_gaps(fast_s, order), sigma)
     p[calib] = 0.0
     worst = np.argsort(-p, kind="stable")
     left = np.cumsum(p[worst][::-1])[::-1]  # expected changes left if we stop before i

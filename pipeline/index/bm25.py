@@ -258,14 +258,8 @@ def add_bm25(index: str | Path, config: Bm25Config = Bm25Config(), *,
 
     index = Path(index)
     memory_mb = memory_mb if memory_mb is not None else parse_memory(DEFAULT_MEMORY)
-    lock = BuildLock(index)  # one builder per index directory (build_index or this)
-    if lock.held_by_this_process():
+    with BuildLock(index).holding():  # one builder per index directory (build_index or this)
         return _add_bm25(index, config, memory_mb=memory_mb, progress=progress)
-    lock.acquire()
-    try:
-        return _add_bm25(index, config, memory_mb=memory_mb, progress=progress)
-    finally:
-        lock.release()
 
 
 def _add_bm25(index: Path, config: Bm25Config, *, memory_mb: float, progress: bool) -> dict:

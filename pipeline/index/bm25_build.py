@@ -92,12 +92,10 @@ class BuildStats:
 
 def passage_texts(parquet: Path, batch_rows: int = 2048) -> Iterator[list[str]]:
     """Batches of ``with_title(title, text)``, in row order: exactly what is embedded."""
-    import pyarrow.parquet as pq
+    from pipeline.index.store import passage_columns
 
-    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=batch_rows,
-                                                      columns=["doc_title", "text"]):
-        titles = batch.column("doc_title").to_pylist()
-        yield [with_title(t or "", x or "") for t, x in zip(titles, batch.column("text").to_pylist())]
+    for titles, texts in passage_columns(parquet, batch_rows):
+        yield [with_title(t, x) for t, x in zip(titles, texts)]
 
 
 class _RunWriter:

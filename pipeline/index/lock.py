@@ -29,7 +29,9 @@ import errno
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import OpenbookError
 
@@ -166,6 +168,19 @@ class BuildLock:
             _HELD[self._key] = os.getpid()
             return
         raise OpenbookError(f"cannot take the build lock {self.path}; remove it if no build runs")
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold the lock for a ``with`` block; if this process holds it already (``build_index``
+        adding its BM25 or sentence vectors), keep it and release nothing."""
+        if self.held_by_this_process():
+            yield
+            return
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Remove the lock file and drop the kernel lock (a build waiting on the old file

@@ -102,21 +102,14 @@ def has_sentences(meta: dict) -> bool:
     return isinstance(meta.get("sentences"), dict) and bool(meta["sentences"].get("files"))
 
 
-def _passages(parquet: Path, batch_rows: int = 2048) -> Iterator[tuple[list, list]]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=batch_rows,
-                                                      columns=["doc_title", "text"]):
-        yield batch.column("doc_title").to_pylist(), batch.column("text").to_pylist()
-
-
 def _sentence_batches(parquet: Path, total: int, progress: bool, desc: str) -> Iterator[list[str]]:
     from tqdm.auto import tqdm
 
+    from pipeline.index.store import passage_columns
+
     with tqdm(total=total, desc=desc, unit="passage", disable=not progress) as bar:
-        for titles, texts in _passages(parquet):
-            yield [s for t, x in zip(titles, texts)
-                   for s in passage_sentence_texts(t or "", x or "")]
+        for titles, texts in passage_columns(parquet):
+            yield [s for t, x in zip(titles, texts) for s in passage_sentence_texts(t, x)]
             bar.update(len(texts))
 
 
@@ -134,32 +127,27 @@ def add_sentence_vectors(index: str | Path, *, dtype: str = "float32", backend: 
 
     if dtype not in DTYPES:
         raise OpenbookError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    index = Path(index)
-    lock = BuildLock(index)
-    held = lock.held_by_this_process()
-    if not held:
-        lock.acquire()
-    try:
-        return _add(index, dtype, backend, device, batch_size, progress)
-    finally:
-        if not held:
-            lock.release()
+    with BuildLock(Path(index)).holding():
+        return _add(Path(index), dtype, backend, device, batch_size, progress)
 
 
 def _add(index: Path, dtype: str, backend: str, device: str | None, batch_size: int | None,
          progress: bool) -> dict:
     from numpy.lib.format import open_memmap
 
-    from pipeline.index.embedding import Embedder, check_backend
+    from pipeline.index.embedding import Embedder
     from pipeline.index.store import PASSAGES_FILE, publish_side, read_meta, side_files
 
     meta = read_meta(index)
     t0 = time.perf_counter()
     built = meta["embedder"]
-    if device is not None or backend != "torch":
-        from pipeline.device import pick_device
-
-        check_backend(backend, None, pick_device(device), flag="--backend")
+    # Opened first: a backend that cannot run here is refused before any passage is read.
+    emb = Embedder(built["name"], device=device, batch_size=batch_size, backend=backend)
+    if emb.dim != built["dim"] or not built.get("normalize", True):
+        raise IndexMismatchError(f"--index {index}: its embedder {built['name']} gives "
+                                 f"{emb.dim}-d unit vectors here, the index holds "
+                                 f"{built['dim']}-d (normalize={built.get('normalize')}); "
+                                 "rebuild the index")
     n_passages = meta["counts"]["passages"]
     parquet = index / PASSAGES_FILE
     # Pass 1: the distinct sentence keys, sorted (16 B a sentence occurrence at most).
@@ -172,12 +160,6 @@ def _add(index: Path, dtype: str, backend: str, device: str | None, batch_size: 
     n = len(keys)
     log.info("sentence vectors for %s: %d sentences (%d distinct) in %d passages", index,
              occurrences, n, n_passages)
-    emb = Embedder(built["name"], device=device, batch_size=batch_size, backend=backend)
-    if emb.dim != built["dim"] or not built.get("normalize", True):
-        raise IndexMismatchError(f"--index {index}: its embedder {built['name']} gives "
-                                 f"{emb.dim}-d unit vectors here, the index holds "
-                                 f"{built['dim']}-d (normalize={built.get('normalize')}); "
-                                 "rebuild the index")
     partial = index / f".{SENTENCES_DIR}.partial"
     if partial.exists():
         shutil.rmtree(partial)

@@ -31,7 +31,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -166,6 +166,17 @@ class IndexStore:
                 s += md.row_group(g).num_rows
             self._starts = starts
         return self._starts
+
+
+def passage_columns(parquet: Path, batch_rows: int = 2048) -> Iterator[tuple[list[str], list[str]]]:
+    """``(titles, texts)`` of ``passages.parquet`` a batch of rows at a time, in row order
+    (a missing value as ``""``): how the side builds (BM25, sentence vectors) stream it."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=batch_rows,
+                                                      columns=["doc_title", "text"]):
+        yield ([t or "" for t in batch.column("doc_title").to_pylist()],
+               [x or "" for x in batch.column("text").to_pylist()])
 
 
 def side_files(folder: Path, name: str) -> dict:
